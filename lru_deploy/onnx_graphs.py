@@ -1,0 +1,355 @@
+"""Build the prefill and step ONNX graphs of an LRU model, directly with onnx.helper.
+
+Why not torch.onnx.export: the graphs must contain exactly the ops, dtypes and casts of the precision policy
+(DESIGN.md sections 4-5), every lambda power must come from float64 at export, and the chunked scan needs
+shape arithmetic that a tracer would specialise. Writing the graph is ~300 lines and takes milliseconds.
+
+Prefill, per layer (real arithmetic, planes p = 0 real, 1 imaginary; T = chunk, C = number of chunks):
+    bu  = x @ Wb                         [B, Sp, 2N]   Wb = [Re(B_norm)^T | Im(B_norm)^T] (H, 2N)
+    X   = transpose(bu)                  [N, 2T, B*C]  rows (p, t): channel-major, ready for batched MatMul
+    E   = Lend @ X                       [N, 2, B*C]   local state at each chunk's end (zero carry-in)
+    S   = scan over [h0, E_0..E_{C-1}]   Hillis-Steele with multipliers lambda^(T*2^j), fixed step count
+    x   = Laug @ [X; carry_in]           [N, 2T, B*C]  Toeplitz of lambda^(t-s) plus lambda^(t+1) * carry_in
+    y   = transpose(x) @ Wc              [B, Sp, H]    Wc = [C_re^T ; -C_im^T] (2N, H)
+The input is padded at the right to a multiple of T once, before the encoder: padded positions come after every
+real one, so they change nothing that is read; the final state is gathered at position seq-1 and outputs are
+sliced to seq. The intra-chunk step can instead be log2(T) shift-multiply-add steps (intra="shift").
+
+Precision: the residual stream, norms, scan and state are float32; matmuls, the skip, GELU and the GLU run in
+the precision's type between explicit Casts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .contract import graph_spec
+from .model import LRUConfig, LRUModel
+
+F32 = TensorProto.FLOAT
+I64 = TensorProto.INT64
+REDUCED = {"fp32": F32, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+INTRA = ("toeplitz", "shift")
+
+
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
+    b = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+class GraphBuilder:
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def _fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, arr, dtype: int = F32, hint: str = "c") -> str:
+        name = self._fresh(hint)
+        arr = np.asarray(arr)
+        if dtype == TensorProto.BFLOAT16:
+            t = helper.make_tensor(name, dtype, arr.shape, bf16_bits(arr).tobytes(), raw=True)
+        else:
+            np_dtype = {F32: np.float32, I64: np.int64, TensorProto.FLOAT16: np.float16}[dtype]
+            t = onnx.numpy_helper.from_array(arr.astype(np_dtype), name)
+        self.inits.append(t)
+        return name
+
+    def i64(self, values, hint: str = "i") -> str:
+        return self.const(np.asarray(values, dtype=np.int64), I64, hint)
+
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, out: str | None = None, **attrs):
+        outs = [out] if out else [self._fresh(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self._fresh(op_type), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+
+@dataclass
+class LayerWeights:
+    """One LRU block's weights in float64, in the layouts the graphs use."""
+    lam: np.ndarray  # (N,) complex128
+    Wb: np.ndarray  # (H, 2N)
+    Wc: np.ndarray  # (2N, H)
+    D: np.ndarray  # (H,) or (H, H) as stored (out x in)
+    W12: np.ndarray  # (H, 2H): out1 and out2 side by side, (in, out)
+    b12: np.ndarray  # (2H,)
+    norm: dict  # weight, bias, [running_mean, running_var]
+
+    @staticmethod
+    def from_block(block) -> "LayerWeights":
+        lru = block.lru
+        f = lambda t: t.detach().double().numpy()  # noqa: E731
+        lam = np.exp(-np.exp(f(lru.nu_log)) + 1j * np.exp(f(lru.theta_log)))
+        Bn = (f(lru.B_re) + 1j * f(lru.B_im)) * np.exp(f(lru.gamma_log))[:, None]
+        Wb = np.concatenate([Bn.real.T, Bn.imag.T], axis=1)
+        Wc = np.concatenate([f(lru.C_re).T, -f(lru.C_im).T], axis=0)
+        W12 = np.concatenate([f(block.out1.weight).T, f(block.out2.weight).T], axis=1)
+        b12 = np.concatenate([f(block.out1.bias), f(block.out2.bias)])
+        norm = {k: f(v) for k, v in block.norm.state_dict().items()}
+        return LayerWeights(lam, Wb, Wc, f(lru.D), W12, b12, norm)
+
+
+def lam_pow(lam: np.ndarray, k) -> np.ndarray:
+    """lambda**k in float64 from modulus and angle (exact to rounding, never lambda**-k)."""
+    k = np.asarray(k, dtype=np.float64)
+    return np.abs(lam) ** k * np.exp(1j * np.angle(lam) * k)
+
+
+def cmul_planes(lk: np.ndarray, plane_axis_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers (A, Bm) so that lk * z = A * z + Bm * swap(z) on a [.., 2, ..] plane layout."""
+    A = np.stack([lk.real, lk.real])
+    Bm = np.stack([-lk.imag, lk.imag])
+    return A.reshape(plane_axis_shape), Bm.reshape(plane_axis_shape)
+
+
+def toeplitz_mats(lam: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Laug (N, 2T, 2T+2): lambda^(t-s) blocks plus lambda^(t+1) carry columns; Lend (N, 2, 2T): its chunk-end rows."""
+    N = lam.shape[0]
+    t = np.arange(T)
+    diff = t[:, None] - t[None, :]
+    P = lam_pow(lam[:, None, None], np.maximum(diff, 0)[None]) * (diff >= 0)[None]  # (N, T, T)
+    c = lam_pow(lam[:, None], (t + 1)[None])  # (N, T)
+    L = np.zeros((N, 2 * T, 2 * T + 2))
+    L[:, :T, :T], L[:, :T, T:2 * T], L[:, T:, :T], L[:, T:, T:2 * T] = P.real, -P.imag, P.imag, P.real
+    L[:, :T, 2 * T], L[:, :T, 2 * T + 1], L[:, T:, 2 * T], L[:, T:, 2 * T + 1] = c.real, -c.imag, c.imag, c.real
+    Lend = L[:, [T - 1, 2 * T - 1], :2 * T]
+    return L, Lend
+
+
+class _Net:
+    """Shared pieces of both graphs: encoder, block around the LRU core, pooling, decoder."""
+
+    def __init__(self, model: LRUModel, precision: str, graph: str):
+        self.cfg: LRUConfig = model.cfg
+        self.model = model
+        self.rt = REDUCED[precision]
+        self.g = GraphBuilder(f"lru_{graph}_{precision}")
+        self.layers = [LayerWeights.from_block(b) for b in model.layers]
+
+    def W(self, arr, hint="w") -> str:
+        return self.g.const(arr, self.rt, hint)
+
+    def to_rt(self, x: str) -> str:
+        return x if self.rt == F32 else self.g.op("Cast", x, to=self.rt)
+
+    def to_f32(self, x: str) -> str:
+        return x if self.rt == F32 else self.g.op("Cast", x, to=F32)
+
+    def linear(self, x_rt: str, W, b, hint: str) -> str:
+        y = self.g.op("MatMul", x_rt, self.W(W, hint + "_w"))
+        return self.g.op("Add", y, self.W(b, hint + "_b")) if b is not None else y
+
+    def encode(self, x: str) -> str:
+        """Token ids or inputs -> float32 residual stream [..., H]."""
+        m = self.model
+        if self.cfg.tokens:  # a lookup, not a matmul: the table stays float32
+            table = self.g.const(m.embedding.weight.detach().double().numpy(), F32, "embedding")
+            return self.g.op("Gather", table, x, axis=0)
+        W = m.encoder.weight.detach().double().numpy().T
+        b = m.encoder.bias.detach().double().numpy()
+        return self.to_f32(self.linear(self.to_rt(x), W, b, "encoder"))
+
+    def norm(self, u: str, lw: LayerWeights) -> str:
+        g, kind, eps = self.g, self.cfg.norm, self.cfg.norm_eps
+        if kind == "layer":
+            return g.op("LayerNormalization", u, g.const(lw.norm["weight"]), g.const(lw.norm["bias"]),
+                        axis=-1, epsilon=eps)
+        if kind == "batch":  # inference-time affine map, folded in float64
+            scale = lw.norm["weight"] / np.sqrt(lw.norm["running_var"] + eps)
+            shift = lw.norm["bias"] - lw.norm["running_mean"] * scale
+            return g.op("Add", g.op("Mul", u, g.const(scale)), g.const(shift))
+        return u
+
+    def gelu(self, y: str) -> str:
+        g = self.g
+        half, one = self.W(np.float32(0.5)), self.W(np.float32(1.0))
+        if self.cfg.gelu == "exact":
+            inner = g.op("Erf", g.op("Mul", y, self.W(np.float32(1 / math.sqrt(2)))))
+        else:
+            cube = g.op("Mul", g.op("Mul", y, y), y)
+            arg = g.op("Add", y, g.op("Mul", cube, self.W(np.float32(0.044715))))
+            inner = g.op("Tanh", g.op("Mul", arg, self.W(np.float32(math.sqrt(2 / math.pi)))))
+        return g.op("Mul", g.op("Mul", y, half), g.op("Add", inner, one))
+
+    def block(self, u: str, lw: LayerWeights, core) -> str:
+        """u float32 [..., H] -> float32 [..., H]; core(bu_f32 [..., 2N]) -> x_f32 [..., 2N]."""
+        g = self.g
+        xn = self.norm(u, lw) if self.cfg.prenorm else u
+        xr = self.to_rt(xn)
+        bu = self.to_f32(g.op("MatMul", xr, self.W(lw.Wb, "Wb")))
+        x = core(bu)
+        y = g.op("MatMul", self.to_rt(x), self.W(lw.Wc, "Wc"))
+        skip = (g.op("Mul", xr, self.W(lw.D, "D")) if self.cfg.skip == "diagonal"
+                else g.op("MatMul", xr, self.W(lw.D.T, "D")))
+        h = self.gelu(g.op("Add", y, skip))
+        a, b = g.op("Split", self.linear(h, lw.W12, lw.b12, "glu"), axis=-1, num_outputs=2, n_out=2)
+        z = g.op("Mul", a, g.op("Sigmoid", b))
+        u = g.op("Add", u, self.to_f32(z))
+        return u if self.cfg.prenorm else self.norm(u, lw)
+
+    def decode(self, v: str) -> str:
+        m = self.model
+        W = m.decoder.weight.detach().double().numpy().T
+        b = m.decoder.bias.detach().double().numpy()
+        out = self.to_f32(self.linear(self.to_rt(v), W, b, "decoder"))
+        return self.g.op("LogSoftmax", out, axis=-1) if self.cfg.log_softmax else out
+
+    def finish(self, graph: str, outputs: dict[str, str], opset: int, prefill_outputs: str = "all") -> onnx.ModelProto:
+        g = self.g
+        spec = graph_spec(self.cfg, graph, prefill_outputs)
+        for name, src in outputs.items():
+            g.op("Identity", src, out=name)
+        vi = lambda t: helper.make_tensor_value_info(  # noqa: E731
+            t.name, I64 if t.dtype == "int64" else F32, list(t.shape))
+        gp = helper.make_graph(g.nodes, g.name, [vi(t) for t in spec.inputs], [vi(t) for t in spec.outputs],
+                               initializer=g.inits)
+        m = helper.make_model(gp, opset_imports=[helper.make_opsetid("", opset)], producer_name="lru-deploy")
+        m.ir_version = min(m.ir_version, 10)
+        onnx.checker.check_model(m)
+        return m
+
+
+def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max_seq: int = 65536,
+                  opset: int = 18, prefill_outputs: str = "all", intra: str = "toeplitz") -> onnx.ModelProto:
+    """The chunked parallel-scan prefill graph. `model` should be float64 (lru_deploy.model.gold)."""
+    if intra not in INTRA:
+        raise ValueError(f"intra must be one of {INTRA}")
+    net = _Net(model, precision, "prefill")
+    g, cfg, T, N = net.g, net.cfg, chunk, net.cfg.d_hidden
+    xname = "input_ids" if cfg.tokens else "inputs"
+    # Shape arithmetic (int64): S = seq, C = chunks, Sp = C*T, r = position of seq-1 in the last chunk.
+    shp = g.op("Shape", xname)
+    B1 = g.op("Slice", shp, g.i64([0]), g.i64([1]), g.i64([0]))
+    S = g.op("Gather", shp, g.i64(1), axis=0)
+    S1 = g.op("Unsqueeze", S, g.i64([0]))
+    C = g.op("Div", g.op("Add", S, g.i64(T - 1)), g.i64(T))
+    Sp = g.op("Mul", C, g.i64(T))
+    pad1 = g.op("Unsqueeze", g.op("Sub", Sp, S), g.i64([0]))
+    r = g.op("Sub", g.op("Add", S, g.i64(T - 1)), Sp)
+    c_last = g.op("Sub", C, g.i64(1))
+    last = g.op("Sub", S, g.i64(1))
+    zeros = [0, 0, 0] if cfg.tokens else [0, 0, 0, 0]
+    pads = g.op("Concat", g.i64(zeros), pad1, *([] if cfg.tokens else [g.i64([0])]), axis=0)
+    x = g.op("Pad", xname, pads, mode="constant")
+    shape5 = g.op("Concat", g.i64([N, 2, T]), B1, g.i64([-1]), axis=0)
+    shape4 = g.op("Concat", g.i64([N, 2]), B1, g.i64([-1]), axis=0)
+    n_scan = max(1, math.ceil(math.log2(math.ceil(max_seq / T) + 1)))
+
+    u = net.encode(x)  # [B, Sp, H]
+    finals = []
+    for li, lw in enumerate(net.layers):
+        def core(bu, li=li, lw=lw):
+            X = g.op("Transpose", g.op("Reshape", bu, g.i64([0, -1, T, 2, N])), perm=[4, 3, 2, 0, 1])
+            X = g.op("Reshape", X, g.i64([N, 2 * T, -1]))  # [N, 2T, M], M = B*C
+            Laug, Lend = toeplitz_mats(lw.lam, T)
+            if intra == "shift":
+                X = _shift_scan(net, X, lw.lam, T, N)
+                E = g.op("Gather", g.op("Reshape", X, g.i64([N, 2, T, -1])), g.i64(T - 1), axis=2)
+            else:
+                E = g.op("MatMul", g.const(Lend, hint="Lend"), X)  # [N, 2, M]
+            h0 = g.op("Gather", "state", g.i64(li), axis=1)  # [B, 2, N]
+            h0 = g.op("Unsqueeze", g.op("Transpose", h0, perm=[2, 1, 0]), g.i64([3]))  # [N, 2, B, 1]
+            Sx = g.op("Concat", h0, g.op("Reshape", E, shape4), axis=3)  # [N, 2, B, C+1]
+            for j in range(n_scan):
+                k = 2 ** j
+                A, Bm = cmul_planes(lam_pow(lw.lam, T * k), (2, N, 1, 1))
+                A, Bm = (np.moveaxis(a, 0, 1) for a in (A, Bm))  # (N, 2, 1, 1)
+                sh = g.op("Slice", g.op("Pad", Sx, g.i64([0, 0, 0, k, 0, 0, 0, 0]), mode="constant"),
+                          g.i64([0]), g.i64([-k]), g.i64([3]))
+                sw = g.op("Gather", sh, g.i64([1, 0]), axis=1)
+                Sx = g.op("Add", Sx, g.op("Add", g.op("Mul", sh, g.const(A)), g.op("Mul", sw, g.const(Bm))))
+            carry = g.op("Reshape", g.op("Slice", Sx, g.i64([0]), g.i64([-1]), g.i64([3])), g.i64([N, 2, -1]))
+            if intra == "shift":
+                xs = _apply_carry(net, X, carry, lw.lam, T, N)
+            else:
+                xs = g.op("MatMul", g.const(Laug, hint="Laug"), g.op("Concat", X, carry, axis=1))
+            x5 = g.op("Reshape", xs, shape5)  # [N, 2, T, B, C]
+            fin = g.op("Gather", g.op("Gather", x5, r, axis=2), c_last, axis=3)  # [N, 2, B]
+            finals.append(g.op("Unsqueeze", g.op("Transpose", fin, perm=[2, 1, 0]), g.i64([1])))
+            xt = g.op("Transpose", x5, perm=[3, 4, 2, 1, 0])  # [B, C, T, 2, N]
+            return g.op("Reshape", xt, g.i64([0, -1, 2 * N]))
+        u = net.block(u, lw, core)
+
+    outs = {}
+    if cfg.pooling == "mean":
+        us = g.op("Slice", u, g.i64([0]), S1, g.i64([1]))
+        psum = g.op("Add", "pool_sum", g.op("ReduceSum", us, g.i64([1]), keepdims=0))
+        pcnt = g.op("Add", "pool_count", g.op("Cast", S1, to=F32))
+        outs["outputs"] = net.decode(g.op("Div", psum, pcnt))
+        outs.update(pool_sum_out=psum, pool_count_out=pcnt)
+    elif cfg.pooling == "last" or prefill_outputs == "last":
+        outs["outputs"] = net.decode(g.op("Gather", u, last, axis=1))
+    else:
+        outs["outputs"] = net.decode(g.op("Slice", u, g.i64([0]), S1, g.i64([1])))
+    outs["state_out"] = g.op("Concat", *finals, axis=1)
+    return net.finish("prefill", dict(sorted(outs.items(), key=lambda kv: _OUT_ORDER.index(kv[0]))), opset,
+                      prefill_outputs)
+
+
+_OUT_ORDER = ["outputs", "state_out", "pool_sum_out", "pool_count_out"]
+
+
+def _shift_scan(net: _Net, X: str, lam: np.ndarray, T: int, N: int) -> str:
+    """Intra-chunk scan by log2(T) shift-multiply-add steps on X [N, 2T, M] viewed as [N, 2, T, M]."""
+    g = net.g
+    X = g.op("Reshape", X, g.i64([N, 2, T, -1]))
+    k = 1
+    while k < T:
+        A, Bm = cmul_planes(lam_pow(lam, k), (2, N, 1, 1))
+        A, Bm = (np.moveaxis(a, 0, 1) for a in (A, Bm))
+        sh = g.op("Slice", g.op("Pad", X, g.i64([0, 0, k, 0, 0, 0, 0, 0]), mode="constant"),
+                  g.i64([0]), g.i64([-k]), g.i64([2]))
+        sw = g.op("Gather", sh, g.i64([1, 0]), axis=1)
+        X = g.op("Add", X, g.op("Add", g.op("Mul", sh, g.const(A)), g.op("Mul", sw, g.const(Bm))))
+        k *= 2
+    return g.op("Reshape", X, g.i64([N, 2 * T, -1]))
+
+
+def _apply_carry(net: _Net, X: str, carry: str, lam: np.ndarray, T: int, N: int) -> str:
+    """x[t] = local[t] + lambda^(t+1) * carry_in, on [N, 2, T, M]."""
+    g = net.g
+    c = lam_pow(lam[:, None], np.arange(1, T + 1)[None])  # (N, T)
+    A = np.stack([c.real, c.real], axis=1)[..., None]  # (N, 2, T, 1)
+    Bm = np.stack([-c.imag, c.imag], axis=1)[..., None]
+    cr = g.op("Unsqueeze", carry, g.i64([2]))  # [N, 2, 1, M]
+    cs = g.op("Gather", cr, g.i64([1, 0]), axis=1)
+    X4 = g.op("Reshape", X, g.i64([N, 2, T, -1]))
+    X4 = g.op("Add", X4, g.op("Add", g.op("Mul", cr, g.const(A)), g.op("Mul", cs, g.const(Bm))))
+    return g.op("Reshape", X4, g.i64([N, 2 * T, -1]))
+
+
+def build_step(model: LRUModel, precision: str = "fp32", opset: int = 18) -> onnx.ModelProto:
+    """The single-step graph: x = lambda*h + Wb u per layer, state float32."""
+    net = _Net(model, precision, "step")
+    g, cfg, N = net.g, net.cfg, net.cfg.d_hidden
+    u = net.encode("input_ids" if cfg.tokens else "inputs")  # [B, H]
+    finals = []
+    for li, lw in enumerate(net.layers):
+        def core(bu, li=li, lw=lw):
+            h = g.op("Gather", "state", g.i64(li), axis=1)  # [B, 2, N]
+            A, Bm = cmul_planes(lw.lam, (2, N))
+            sw = g.op("Gather", h, g.i64([1, 0]), axis=1)
+            x = g.op("Add", g.op("Add", g.op("Mul", h, g.const(A)), g.op("Mul", sw, g.const(Bm))),
+                     g.op("Reshape", bu, g.i64([0, 2, N])))
+            finals.append(g.op("Unsqueeze", x, g.i64([1])))
+            return g.op("Reshape", x, g.i64([0, 2 * N]))
+        u = net.block(u, lw, core)
+    outs = {}
+    if cfg.pooling == "mean":
+        psum = g.op("Add", "pool_sum", u)
+        pcnt = g.op("Add", "pool_count", g.const(np.ones((1, 1))))
+        outs["outputs"] = net.decode(g.op("Div", psum, pcnt))
+        outs.update(pool_sum_out=psum, pool_count_out=pcnt)
+    else:
+        outs["outputs"] = net.decode(u)
+    outs["state_out"] = g.op("Concat", *finals, axis=1)
+    return net.finish("step", dict(sorted(outs.items(), key=lambda kv: _OUT_ORDER.index(kv[0]))), opset)
