@@ -185,12 +185,12 @@ def save_model(model: LRUModel, out_dir: str | os.PathLike, overwrite: bool = Fa
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"{out_dir} exists and is not empty", "choose another --out or remove the folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "lru-deploy-native-v1"})
         (tmp / CONFIG_FILE).write_text(model.cfg.to_json() + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -198,7 +198,30 @@ def save_model(model: LRUModel, out_dir: str | os.PathLike, overwrite: bool = Fa
     return out_dir
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
+def atomic_write(path: str | os.PathLike, writer) -> Path:
+    """writer(tmp_path) writes a file beside `path`, which is then renamed over `path`; nothing is left on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        writer(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_temp_dir(dest: Path) -> Path:
+    """A temporary folder beside dest (same file system, so the final rename is atomic), with normal permissions."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
     """Rename tmp to dest; an existing dest is moved aside first and removed only after the rename."""
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

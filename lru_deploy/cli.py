@@ -128,31 +128,16 @@ def load_state_file(path: str) -> dict:
     return {"state": load_array(path, "state")}
 
 
-def save_atomic(path: str, writer) -> None:
-    """Write through a temporary file in the same folder, then rename."""
-    import os
-    import tempfile
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_run(args) -> int:
+    from .checkpoints import atomic_write
     from .runtime import open_session
     sess = open_session(args.target, args.backend)
     x = load_array(args.inputs, "inputs")
     state = load_state_file(args.state) if args.state else None
     out, st = sess.prefill(x, state)
-    save_atomic(args.output, lambda f: np.save(f, out))
+    atomic_write(args.output, lambda f: np.save(f, out))
     if args.state_out:
-        save_atomic(args.state_out, lambda f: np.savez(f, **st))
+        atomic_write(args.state_out, lambda f: np.savez(f, **st))
     print(f"outputs {list(out.shape)} -> {args.output}" + (f"; state -> {args.state_out}" if args.state_out else ""))
     return 0
 

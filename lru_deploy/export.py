@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ import onnx
 import torch
 
 from . import __version__, contract
-from .checkpoints import _replace_dir, checkpoint_sha256, default_model_dir, file_sha256, load_model
+from .checkpoints import (atomic_write, checkpoint_sha256, default_model_dir, file_sha256, load_model, make_temp_dir,
+                          replace_dir)
 from .errors import ExportError
 from .model import LRUModel, gold
 from .onnx_graphs import INTRA, build_prefill, build_step
@@ -252,13 +251,11 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
         problems.append(f"--intra must be one of {', '.join(INTRA)}, got {intra!r}")
     if problems:
         raise ExportError("cannot export:", "fix the options named above", problems)
-    model = load_model(model_dir)
-    model64 = gold(model)
-    cfg = model.cfg
+    model64 = gold(load_model(model_dir))
     name = model_dir.resolve().name
     out_dir = Path(out_dir) if out_dir else Path("export") / name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         manifest = _export_into(tmp, model_dir, model64, name, precisions, chunk, max_seq, opset, prefill_outputs,
                                 intra, validate, long_seq)
@@ -271,7 +268,7 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
                                   "lru-deploy's exporter; please report it with the table below",
                                   [report.table()])
         _write_json(tmp / "manifest.json", manifest)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -326,11 +323,7 @@ def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, preci
 
 
 def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Path(f).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def register(sub) -> None:
