@@ -336,10 +336,15 @@ def build_step(model: LRUModel, precision: str = "fp32", opset: int = 18) -> onn
     for li, lw in enumerate(net.layers):
         def core(bu, li=li, lw=lw):
             h = g.op("Gather", "state", g.i64(li), axis=1)  # [B, 2, N]
+            # lambda as a two-term float32 sum hi + lo: the rounding of lambda itself would otherwise grow
+            # into the state like k * 2^-24 over k steps (measured 1.6e-4 relative after 10k steps at 0.99999).
             A, Bm = cmul_planes(lw.lam, (2, N))
+            A_hi, Bm_hi = A.astype(np.float32), Bm.astype(np.float32)
+            A_lo, Bm_lo = A - A_hi, Bm - Bm_hi
             sw = g.op("Gather", h, g.i64([1, 0]), axis=1)
-            x = g.op("Add", g.op("Add", g.op("Mul", h, g.const(A)), g.op("Mul", sw, g.const(Bm))),
-                     g.op("Reshape", bu, g.i64([0, 2, N])))
+            lo = g.op("Add", g.op("Mul", h, g.const(A_lo)), g.op("Mul", sw, g.const(Bm_lo)))
+            x = g.op("Add", g.op("Add", g.op("Mul", h, g.const(A_hi)), g.op("Mul", sw, g.const(Bm_hi))),
+                     g.op("Add", g.op("Reshape", bu, g.i64([0, 2, N])), lo))
             finals.append(g.op("Unsqueeze", x, g.i64([1])))
             return g.op("Reshape", x, g.i64([0, 2 * N]))
         u = net.block(u, lw, core)
