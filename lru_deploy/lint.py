@@ -105,7 +105,7 @@ OP_SINCE: dict[str, tuple[int, int]] = {
 TYPES_SINCE: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {"Pow": ((10, 12), ("INT32", "INT64"))}
 # Which operand's element type the table's "Supported Types" refers to: input index, or "out" for output 0.
 _TYPE_OPERAND: dict[str, object] = {"Where": 1, "Constant": "out", "ConstantOfShape": "out", "RandomNormal": "out",
-                                    "RandomUniform": "out", "DequantizeLinear": 0}
+                                    "RandomUniform": "out"}
 
 _REDUCE = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
            "ReduceProd", "ReduceSum", "ReduceSumSquare")
@@ -271,8 +271,10 @@ def _check_nodes(g, types, consts, functions, model, trt_version, add) -> None:
         where = f"{n.op_type} {n.name}".strip()
         if n.domain not in _DEFAULT_DOMAINS:
             if (n.domain, n.op_type) in functions:
-                for fn in fbodies[(n.domain, n.op_type)].node:  # local functions are inlined by the parser
-                    _check_op(fn, f"{where}/{fn.op_type} {fn.name}".strip(), {}, set(), trt_version, add)
+                body = fbodies[(n.domain, n.op_type)].node  # local functions are inlined by the parser
+                fconsts = {o for x in body if x.op_type == "Constant" for o in x.output}
+                for fn in body:
+                    _check_op(fn, f"{where}/{fn.op_type} {fn.name}".strip(), {}, fconsts, trt_version, add)
             else:
                 add("op-unsupported", where, f"op {n.domain}::{n.op_type} is not an ONNX op; TensorRT would need "
                                              f"a plugin")
@@ -306,7 +308,8 @@ def _check_op(n, where, types, consts, trt_version, add) -> None:
         v = attrs.get(name)
         v = v.decode() if isinstance(v, bytes) else v
         if v is not None and v not in allowed:
-            add("op-restriction", where, f"{op} {name}={v!r} unsupported; TensorRT takes {', '.join(map(str, allowed))}")
+            add("op-restriction", where, f"{op} {name}={v!r} unsupported; TensorRT takes "
+                                         f"{', '.join(map(str, allowed))}")
     if op in MAX_OUTPUTS and sum(1 for o in n.output[MAX_OUTPUTS[op]:] if o):
         add("op-restriction", where, f"{op}: only the first {MAX_OUTPUTS[op]} output(s) are supported")
     operand = _TYPE_OPERAND.get(op, 0)
@@ -317,6 +320,10 @@ def _check_op(n, where, types, consts, trt_version, add) -> None:
                                    else ())
     if t is not None and t not in allowed_types:
         add("op-dtype", where, f"{op} on {t} ({tname}); TensorRT {_ver(trt_version)} takes "
+                               f"{', '.join(allowed_types)}")
+    to = attrs.get("to") if op == "Cast" else None
+    if to is not None and to not in _BAD_TYPES and _ONNX_TO_TRT.get(to) not in allowed_types:
+        add("op-dtype", where, f"Cast to {TensorProto.DataType.Name(to)}; TensorRT casts to "
                                f"{', '.join(allowed_types)}")
 
 
@@ -417,7 +424,8 @@ def _check_int64(g, types, add) -> None:
             if not o:
                 continue
             cls[o] = out
-            if out == DATA and types.get(o) == _I64 and not misuse and not upstream_reported:
+            if (out == DATA and types.get(o) == _I64 and not misuse and not upstream_reported
+                    and n.op_type not in DATA_DEPENDENT):  # those have their own finding
                 add("int64-data", f"{n.op_type} {n.name}".strip(),
                     f"{n.op_type} makes int64 tensor {o} from data (not shape arithmetic or token ids)")
 
@@ -495,8 +503,11 @@ def _ver(v: tuple[int, int]) -> str:
 
 # ------------------------------------------------------------------ folders
 
-def lint_export(export_dir, *, trt_version: tuple[int, int] = DEFAULT_TRT) -> LintReport:
-    """Lint every <precision>/{prefill,step}.onnx under an export folder, or one .onnx file."""
+def lint_export(export_dir, *, cfg: Optional[LRUConfig] = None, prefill_outputs: Optional[str] = None,
+                trt_version: tuple[int, int] = DEFAULT_TRT) -> LintReport:
+    """Lint every <precision>/{prefill,step}.onnx under an export folder, or one .onnx file. The contract check
+    takes the config from manifest.json (key "config"); `cfg` (and `prefill_outputs`) given here win, for a
+    folder whose manifest is not written yet."""
     path = Path(export_dir)
     if not path.exists():
         raise InputError(f"{path} does not exist", "pass an export folder (from `lru-deploy export`) or a .onnx file")
@@ -528,7 +539,10 @@ def lint_export(export_dir, *, trt_version: tuple[int, int] = DEFAULT_TRT) -> Li
         if not graphs:
             raise InputError(f"no <precision>/prefill.onnx or <precision>/step.onnx under {path}",
                              "run `lru-deploy export` first, or pass a single .onnx file")
-    cfg, prefill_outputs = _manifest_config(root, add_to("manifest.json"))
+    if cfg is None:
+        cfg, man_po = _manifest_config(root, add_to("manifest.json"))
+        prefill_outputs = prefill_outputs or man_po
+    prefill_outputs = prefill_outputs or "all"
     for label, f, g in graphs:
         report.graphs.append(label)
         try:
