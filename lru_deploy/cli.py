@@ -23,6 +23,7 @@ log = logging.getLogger("lru_deploy")
 STAGES: list[str] = [
     "lru_deploy.export",
     "lru_deploy.lint",
+    "lru_deploy.importers",
 ]
 
 
