@@ -261,7 +261,7 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
                                 intra, validate, long_seq)
         if lint:
             from .lint import lint_export
-            report = lint_export(tmp)
+            report = lint_export(tmp, cfg=model64.cfg, prefill_outputs=prefill_outputs)
             manifest["lint"] = {"ok": report.ok, "findings": len(report.findings)}
             if not report.ok:
                 raise ExportError("the exported graphs fail the TensorRT-readiness lint:", "this is a bug in "
