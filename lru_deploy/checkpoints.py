@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -138,7 +139,7 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a .safetensors file or a PyTorch .pt/.pth/.bin state dict (weights_only=True, never unpickled)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no such file: {path}")
+        raise CheckpointError(f"no such file: {path}", "check the path")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -150,8 +151,11 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds here (UnpicklingError, RuntimeError, EOFError, ...)
-        raise CheckpointError(f"{path} could not be read as a weights-only PyTorch file: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}",
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()[0] if str(e) else ""
+        if "weights_only" in first or "Weights only load failed" in first:
+            first = "it holds objects other than tensors and plain containers"
+        raise CheckpointError(f"{path} could not be read as a weights-only PyTorch file ({type(e).__name__}: "
+                              f"{first})",
                               "lru-deploy loads .pt files with weights_only=True and never unpickles objects; "
                               "save a plain state dict (torch.save(model.state_dict(), path))") from None
     if not isinstance(obj, dict):
@@ -181,7 +185,10 @@ def save_model(model: LRUModel, out_dir: str | os.PathLike, overwrite: bool = Fa
     out_dir = Path(out_dir)
     problems = state_dict_problems(model.cfg, model.state_dict())
     if problems:
-        raise CheckpointError("refusing to save an invalid model:", "", problems)
+        raise CheckpointError("refusing to save an invalid model:",
+                              "fix the weights or the config named above before saving", problems)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir} exists and is a file, not a folder", "choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"{out_dir} exists and is not empty", "choose another --out or remove the folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -269,4 +276,4 @@ def read_json(path: str | os.PathLike) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+        raise CheckpointError(f"cannot read {path}: {e}", "pass an existing, valid JSON file") from None

@@ -99,16 +99,17 @@ class LRUConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LRUConfig":
         if not isinstance(d, dict):
-            raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
+            raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}",
+                              "write the config as {\"d_model\": 128, ...}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config fields: {', '.join(unknown)}",
-                              f"known fields: {', '.join(sorted(known))}")
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k in known}
         if "d_input" in d and d.get("d_input") is not None and "vocab_size" not in d:
             d["vocab_size"] = None  # a continuous model need not spell out vocab_size: null
-        return cls(**d).validate()
+        problems = [f"unknown config field {k!r}" for k in unknown] + cls(**d).problems()
+        if problems:
+            raise ConfigError("invalid model config:", f"known fields: {', '.join(sorted(known))}", problems)
+        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -118,7 +119,7 @@ class LRUConfig:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from None
+            raise ConfigError(f"config is not valid JSON: {e}", "fix the JSON syntax at the position named") from None
         return cls.from_dict(d)
 
 

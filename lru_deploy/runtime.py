@@ -10,6 +10,7 @@ d_hidden], plus `pool_sum` and `pool_count` for mean pooling. `None` means the s
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Iterator, Optional
@@ -115,7 +116,7 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Ge
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     cdf = np.cumsum(p, axis=-1)
     cdf /= cdf[:, -1:]
-    return np.minimum((cdf < u[:, None]).sum(axis=-1), z.shape[-1] - 1).astype(np.int64)
+    return np.minimum((cdf <= u[:, None]).sum(axis=-1), z.shape[-1] - 1).astype(np.int64)
 
 
 def _state_from_outputs(res: dict[str, np.ndarray]) -> State:
@@ -133,7 +134,7 @@ class ReferenceSession(Session):
 
     def __init__(self, model: LRUModel, dtype: torch.dtype = torch.float64):
         super().__init__(model.cfg)
-        self.model = gold(model) if dtype == torch.float64 else model.to(dtype).eval()
+        self.model = gold(model) if dtype == torch.float64 else copy.deepcopy(model).to(dtype).eval()
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         name = contract.input_name(self.cfg)
@@ -147,14 +148,69 @@ class ReferenceSession(Session):
         return {k: v.numpy().astype(np.float32) for k, v in out.items()}
 
 
+BACKENDS = {"reference": "model", "onnxruntime": "export", "tensorrt": "engines"}  # backend -> folder it runs
+
+
+def target_kind(target: str | Path) -> Optional[str]:
+    """'model' (config.json), 'export' (manifest.json with graphs), 'engines' (manifest.json with engines), or None."""
+    from .checkpoints import read_json
+    target = Path(target)
+    if (target / "config.json").is_file():
+        return "model"
+    if (target / "manifest.json").is_file():
+        m = read_json(target / "manifest.json")
+        return "engines" if "engines" in m else "export" if "graphs" in m else None
+    return None
+
+
+def _upstream(target: Path, kind: str) -> Optional[Path]:
+    """The folder an export (its model) or an engine folder (its export) was made from, if it still exists."""
+    from .checkpoints import read_json
+    m = read_json(target / "manifest.json")
+    rec = m.get("source", {}).get("export_dir") if kind == "engines" else m.get("model", {}).get("path")
+    if not rec:
+        return None
+    p = Path(rec)
+    for cand in ([p] if p.is_absolute() else [p, target / p]):
+        folder = cand if cand.is_dir() else cand.parent  # a model path may name model.safetensors
+        if target_kind(folder) == ("export" if kind == "engines" else "model"):
+            return folder
+    return None
+
+
 def open_session(target: str | Path, backend: Optional[str] = None, **kwargs) -> Session:
-    """A session on a model folder (reference), an export folder (onnxruntime) or an engine folder (tensorrt)."""
+    """A session on a model folder (reference), an export folder (onnxruntime) or an engine folder (tensorrt).
+
+    The backend defaults to what the folder holds. A backend that needs an earlier stage follows the manifest
+    back (engine folder -> its export -> its model). kwargs go to the backend: onnxruntime takes precision
+    ('fp32') and providers; tensorrt takes device and cuda_graphs; reference takes dtype.
+    """
     from .checkpoints import load_model
     target = Path(target)
-    if backend in (None, "reference") and (target / "config.json").exists():
-        return ReferenceSession(load_model(target), **kwargs)
-    raise InputError(f"cannot open {target} with backend {backend or 'auto'}",
-                     "pass a model folder (config.json + model.safetensors) with --backend reference")
+    kind = target_kind(target)
+    if kind is None:
+        raise InputError(f"{target} is neither a model, an export nor an engine folder",
+                         "a model folder holds config.json; export and engine folders hold manifest.json")
+    backend = backend or {v: k for k, v in BACKENDS.items()}[kind]
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}", f"one of {', '.join(BACKENDS)}")
+    folder = target
+    order = ["engines", "export", "model"]
+    while folder is not None and target_kind(folder) != BACKENDS[backend]:
+        k = target_kind(folder)
+        folder = _upstream(folder, k) if order.index(k) < order.index(BACKENDS[backend]) else None
+    if folder is None:
+        raise InputError(f"backend {backend} needs {'an' if backend != 'reference' else 'a'} "
+                         f"{BACKENDS[backend]} folder; {target} is a {kind} folder",
+                         {"reference": "pass the model folder", "onnxruntime": "pass an export folder "
+                          "(lru-deploy export MODEL_DIR)", "tensorrt": "pass an engine folder (lru-deploy build "
+                          "EXPORT_DIR)"}[backend])
+    if backend == "reference":
+        return ReferenceSession(load_model(folder), **kwargs)
+    from .runtime_backends import OnnxruntimeSession, TensorrtSession  # lazily: onnxruntime, TensorRT
+    if backend == "onnxruntime":
+        return OnnxruntimeSession(folder, **kwargs)
+    return TensorrtSession(folder, **kwargs)
 
 
 # Byte-level tokenizer of the bundled model: any UTF-8 text encodes, ids are bytes 0..255.

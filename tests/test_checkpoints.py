@@ -168,8 +168,6 @@ def test_refuses_to_save_invalid_model(lru, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="save_model: `any(out_dir.iterdir())` on an existing file raises "
-                                       "NotADirectoryError instead of a CheckpointError (checkpoints.py save_model)")
 def test_save_onto_a_file_is_a_user_error(lru, tmp_path):
     (tmp_path / "m").write_text("a file")
     with pytest.raises(CheckpointError):
@@ -273,10 +271,6 @@ def test_config_json_not_json(good, tmp_path):
         load_config(folder)
 
 
-@pytest.mark.xfail(strict=True, reason="several user errors carry no hint: config.json that is not JSON "
-                                       "(model.py LRUConfig.from_json), a JSON list as config (from_dict), "
-                                       "load_weights_file on a missing file, read_json on a missing file, "
-                                       "save_model of an invalid model (hint '')")
 @pytest.mark.parametrize("case", ["not json", "json list", "missing weights file", "read_json missing",
                                   "save invalid"])
 def test_every_user_error_has_a_hint(good, tmp_path, case):

@@ -250,8 +250,6 @@ def test_bad_config_in_a_model_folder(tmp_path, capsys, token_dir):
         assert "pooling must be one of" in _user_error(capsys, argv)
 
 
-@pytest.mark.xfail(strict=True, reason="`init --config missing.json` prints an error with no 'hint:' line "
-                                       "(checkpoints.read_json raises CheckpointError without a hint)")
 def test_init_missing_config_file_has_hint(tmp_path, capsys):
     _user_error(capsys, ["init", "--config", str(tmp_path / "missing.json"), "--out", str(tmp_path / "m")])
 

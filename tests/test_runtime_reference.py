@@ -213,8 +213,6 @@ class _ZeroRng:
         return np.zeros(n)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.sample: `(cdf < u).sum()` picks index 0 when u == 0.0 even if "
-                                       "token 0 is outside the top k (probability 0); side='right' search fixes it")
 def test_sample_never_picks_a_token_outside_top_k_even_for_u_zero():
     logits = np.array([[0.0, 5.0, 1.0, 4.0]])
     assert sample(logits, 1.0, 2, _ZeroRng())[0] in (1, 3)
