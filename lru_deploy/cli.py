@@ -22,6 +22,7 @@ log = logging.getLogger("lru_deploy")
 # Stage modules that add subcommands: each has register(subparsers) -> None.
 STAGES: list[str] = [
     "lru_deploy.export",
+    "lru_deploy.engines",
     "lru_deploy.lint",
     "lru_deploy.importers",
 ]

@@ -1,0 +1,445 @@
+"""Session backends beside the reference: ONNX Runtime on an export folder, TensorRT on an engine folder.
+
+Both implement `Session._run(graph, feeds)`; prefill, step, generate and long-prompt splitting come from
+`lru_deploy.runtime.Session`. Open them through `runtime.open_session(target)`.
+
+TensorRT keeps the state on the GPU: every call reads the state from one of two ping-pong buffers and writes
+the other, and returns it as `DeviceTensor`s that the next call takes without a host round trip (only the
+logits come back per token). Shapes are checked against the engine's optimization profile before enqueue; the
+engine folder's manifest is checked against the running GPU and TensorRT before anything is loaded; the step
+is captured in a CUDA graph (one per ping-pong direction) where the engine allows capture.
+
+The TensorRT- and CUDA-touching code is the two thin classes at the end (`_CudaTrt`, `_TrtEngine`); the session
+logic talks to them through a handful of methods, so tests drive it with fakes. tensorrt and cuda-python are
+imported lazily inside them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import contract, engines
+from .errors import EngineError, ExportError, InputError
+from .model import LRUConfig
+from .runtime import Session, State
+
+log = logging.getLogger(__name__)
+
+
+def io_problems(graph: str, spec: contract.GraphSpec, io: dict) -> list[str]:
+    """A graph's or engine's tensors against the contract. io: name -> ('input'|'output', dtype or None)."""
+    want = {t.name: ("input", t.dtype) for t in spec.inputs}
+    want.update({t.name: ("output", t.dtype) for t in spec.outputs})
+    problems = [f"{graph}: no tensor {n!r} ({want[n][0]})" for n in want if n not in io]
+    problems += [f"{graph}: unexpected tensor {n!r} (the contract has {', '.join(want)})" for n in io if n not in want]
+    for name, (mode, dtype) in io.items():
+        if name not in want:
+            continue
+        if mode != want[name][0]:
+            problems.append(f"{graph}: {name} is an {mode}, the contract has it as an {want[name][0]}")
+        if dtype is not None and str(np.dtype(dtype)) != want[name][1]:
+            problems.append(f"{graph}: {name} is {np.dtype(dtype)}, the contract says {want[name][1]}")
+    return problems
+
+
+class OnnxruntimeSession(Session):
+    """The graphs of an export folder in ONNX Runtime (CPU by default; CUDA with onnxruntime-gpu, if asked)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, export_dir, precision: str = "fp32", providers: Optional[Sequence[str]] = None,
+                 verify: bool = True):
+        import onnxruntime as ort
+
+        folder = Path(export_dir)
+        m = engines.read_export_manifest(folder, precision, verify)
+        cfg = LRUConfig.from_dict(m["config"])
+        super().__init__(cfg)
+        self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
+        self.precision = precision
+        self.max_seq = int(m["max_seq"])
+        available = ort.get_available_providers()
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise InputError(f"ONNX Runtime here lacks {', '.join(missing)} (it has {', '.join(available)})",
+                             "CUDAExecutionProvider comes with onnxruntime-gpu: pip install 'lru-deploy[gpu]'")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only; ORT's warnings about providers are noise here
+        self._sessions, self._outputs, problems = {}, {}, []
+        for graph in contract.GRAPHS:
+            sess = ort.InferenceSession(str(folder / m["graphs"][precision][graph]["path"]), opts,
+                                        providers=self.providers)
+            io = {i.name: ("input", None) for i in sess.get_inputs()}
+            io.update({o.name: ("output", None) for o in sess.get_outputs()})
+            spec = self.prefill_spec if graph == "prefill" else self.step_spec
+            problems += io_problems(graph, spec, io)
+            self._sessions[graph] = sess
+            self._outputs[graph] = spec.output_names
+        if problems:
+            raise ExportError(f"the {precision} graphs in {folder} do not follow the I/O contract:",
+                              "export again with the current lru-deploy", problems)
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self._outputs[graph]
+        return dict(zip(names, self._sessions[graph].run(names, feeds)))
+
+
+class DeviceTensor:
+    """A state tensor left in a TensorrtSession's GPU buffer between calls.
+
+    Feed it back to the same session (no copy); `np.asarray(t)` copies it to the host. Each call writes the
+    other of two ping-pong buffers, so only the latest state of a session is valid: an older one raises when
+    used. Copy a state with `np.array(t)` before the next call to keep it.
+    """
+
+    def __init__(self, owner: "TensorrtSession", slot: int, name: str, shape: tuple, dtype, generation: int):
+        self.owner, self.slot, self.name = owner, slot, name
+        self.shape, self.dtype, self.generation = tuple(shape), np.dtype(dtype), generation
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.owner._download(self)
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"DeviceTensor({self.name}, shape={list(self.shape)}, {self.dtype}, slot {self.slot})"
+
+
+class TensorrtSession(Session):
+    """The prefill and step engines of an engine folder, with the state kept on the GPU between calls."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_dir, device: int = 0, cuda_graphs: bool = True, verify: bool = True, *,
+                 runtime=None):
+        folder = Path(engine_dir)
+        m = engines.read_engine_manifest(folder, verify)
+        cfg = LRUConfig.from_dict(m["config"])
+        super().__init__(cfg)
+        self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
+        self.manifest, self.folder = m, folder
+        self._rt = runtime if runtime is not None else _CudaTrt(device)
+        self._bufs: dict = {}  # key -> (device pointer, bytes)
+        self._graphs: dict = {}  # input slot -> (CUDA graph, addresses it was captured with)
+        self._graph_batch: Optional[int] = None
+        self._live: Optional[tuple[int, int]] = None  # (slot holding the latest state, its generation)
+        self._gen = 0
+        try:
+            engines.ensure_compatible(m, self._rt.info, f"engine folder {folder}")
+            host_code = bool(m.get("version_compatible"))
+            self._engines = {g: self._rt.load((folder / m["engines"][g]["path"]).read_bytes(), host_code)
+                             for g in contract.GRAPHS}
+            problems = []
+            for g, eng in self._engines.items():
+                problems += io_problems(g, self._spec(g), eng.io())
+            if problems:
+                raise EngineError(f"the engines in {folder} do not follow the I/O contract of their manifest:",
+                                  "build them again from a current export", problems)
+        except BaseException:
+            self._rt.close()
+            raise
+        self._profiles = {g: {t.name: self._engines[g].profile(t.name) for t in self._spec(g).inputs}
+                          for g in contract.GRAPHS}
+        x = contract.input_name(cfg)
+        self.max_seq = int(self._profiles["prefill"][x]["max"][1])
+        self.max_batch = min(int(self._profiles[g]["state"]["max"][0]) for g in contract.GRAPHS)
+        self.cuda_graphs = cuda_graphs
+
+    def _spec(self, graph: str) -> contract.GraphSpec:
+        return self.prefill_spec if graph == "prefill" else self.step_spec
+
+    # --- state handling: device tensors pass through validation without a copy
+    def _feeds(self, spec, inputs, state: Optional[State]) -> dict:
+        dev = {k: v for k, v in (state or {}).items() if isinstance(v, DeviceTensor)}
+        if not dev:
+            return super()._feeds(spec, inputs, state)
+        for v in dev.values():
+            self._check_live(v)
+        stand_in = {k: np.broadcast_to(np.zeros((), v.dtype), v.shape) for k, v in dev.items()}
+        feeds = super()._feeds(spec, inputs, {**state, **stand_in})
+        feeds.update(dev)
+        return feeds
+
+    def _check_live(self, t: DeviceTensor) -> None:
+        if t.owner is not self:
+            raise InputError(f"state {t.name} lives on another TensorRT session's GPU buffers",
+                             "pass np.asarray(value) for each state entry to move it between sessions")
+        if self._live is None or t.generation != self._live[1]:
+            raise InputError(f"state {t.name} was overwritten: a later prefill or step of this session reused "
+                             f"its GPU buffer", "feed the latest state, or keep a copy with np.array(value) "
+                                                "before the next call")
+
+    def _download(self, t: DeviceTensor) -> np.ndarray:
+        self._check_live(t)
+        a = np.empty(t.shape, t.dtype)
+        self._rt.d2h(a, self._slot(t.slot, t.name))
+        self._rt.sync()
+        return a
+
+    # --- buffers
+    def _buffer(self, key, nbytes: int) -> int:
+        ptr, size = self._bufs.get(key, (None, 0))
+        if ptr is None or size < nbytes:
+            if ptr is not None:
+                self._rt.free(ptr)
+            ptr = self._rt.malloc(max(nbytes, 256))
+            self._bufs[key] = (ptr, nbytes)
+        return ptr
+
+    def _row_bytes(self, t: contract.TensorSpec, seq: int = 1) -> int:
+        """Bytes per batch row of a tensor (seq positions for a prefill input or output)."""
+        dims = [seq if d == "seq" else d for d in t.shape[1:]]
+        return int(np.prod(dims, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+
+    def _slot(self, slot: int, name: str) -> int:
+        t = next(t for t in self.step_spec.inputs if t.name == name)
+        return self._buffer(("slot", slot, name), self.max_batch * self._row_bytes(t))
+
+    # --- one call
+    def _run(self, graph: str, feeds: dict) -> dict:
+        spec = self._spec(graph)
+        xname = contract.input_name(self.cfg)
+        x = np.ascontiguousarray(feeds[xname])
+        batch = x.shape[0]
+        seq = x.shape[1] if graph == "prefill" else 1
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        problems = engines.profile_problems(graph, self._profiles[graph], shapes)
+        if problems:
+            m = self.manifest
+            raise InputError(f"shapes outside the {graph} engine's optimization profile:",
+                             f"the engines in {self.folder} were built with --batch {':'.join(map(str, m['batch']))}"
+                             f" --seq {':'.join(map(str, m['seq']))}; send smaller batches or rebuild with a wider "
+                             f"range (lru-deploy build ... --batch 1:1:{max(batch, m['batch'][2])})", problems)
+        dev = [v for v in feeds.values() if isinstance(v, DeviceTensor)]
+        for v in dev:
+            self._check_live(v)
+        in_slot = self._live[0] if self._live is not None else 0
+        out_slot = 1 - in_slot
+        rows = batch if graph == "prefill" else self.max_batch  # step buffers never move: CUDA graphs stay valid
+        addrs = {xname: self._buffer((graph, xname), rows * self._row_bytes(spec.inputs[0], seq))}
+        copies = [(addrs[xname], x)]
+        for t in spec.inputs[1:]:
+            addrs[t.name] = self._slot(in_slot, t.name)
+            if not isinstance(feeds[t.name], DeviceTensor):
+                copies.append((addrs[t.name], np.ascontiguousarray(feeds[t.name], dtype=np.float32)))
+        out_shapes = {}
+        for t in spec.outputs:
+            out_shapes[t.name] = tuple({"batch": batch, "seq": seq}.get(d, d) for d in t.shape)
+            if t.name == "outputs":
+                addrs[t.name] = self._buffer((graph, "outputs"), rows * self._row_bytes(t, seq))
+            else:
+                addrs[t.name] = self._slot(out_slot, t.name[:-len("_out")])
+        for ptr, a in copies:
+            self._rt.h2d(ptr, a)
+        self._execute(graph, shapes, addrs, batch, in_slot)
+        out = np.empty(out_shapes["outputs"], np.float32)
+        self._rt.d2h(out, addrs["outputs"])
+        self._rt.sync()
+        self._gen += 1
+        self._live = (out_slot, self._gen)
+        res = {"outputs": out}
+        for t in spec.outputs[1:]:
+            res[t.name] = DeviceTensor(self, out_slot, t.name[:-len("_out")], out_shapes[t.name], np.float32,
+                                       self._gen)
+        return res
+
+    def _execute(self, graph: str, shapes: dict, addrs: dict, batch: int, in_slot: int) -> None:
+        eng = self._engines[graph]
+        use_graph = graph == "step" and self.cuda_graphs
+        if use_graph:
+            if self._graph_batch != batch:  # a graph holds the shapes it was captured with: start over
+                self._drop_graphs()
+                self._graph_batch = batch
+            cached = self._graphs.get(in_slot)
+            if cached is not None and cached[1] == addrs:
+                self._rt.launch(cached[0])
+                return
+        for name, shape in shapes.items():
+            if not eng.set_input_shape(name, shape):
+                raise EngineError(f"TensorRT refused shape {list(shape)} for {name} of the {graph} engine")
+        for name, ptr in addrs.items():
+            if not eng.set_address(name, ptr):
+                raise EngineError(f"TensorRT refused the buffer of {name} of the {graph} engine")
+        if not eng.enqueue():
+            raise EngineError(f"TensorRT failed to run the {graph} engine", "rerun with -v for TensorRT's log")
+        if use_graph:  # TensorRT wants one plain enqueue after a change, then the capture
+            self._rt.begin_capture()
+            ok = eng.enqueue()
+            captured = self._rt.end_capture()
+            if ok and captured is not None:
+                old = self._graphs.pop(in_slot, None)
+                if old is not None:
+                    self._rt.destroy_graph(old[0])
+                self._graphs[in_slot] = (captured, dict(addrs))
+            else:
+                if captured is not None:
+                    self._rt.destroy_graph(captured)
+                self.cuda_graphs = False
+                log.info("the step engine cannot be captured in a CUDA graph; stepping with plain enqueues")
+
+    def _drop_graphs(self) -> None:
+        for g, _ in self._graphs.values():
+            self._rt.destroy_graph(g)
+        self._graphs.clear()
+
+    def close(self) -> None:
+        """Free the GPU buffers, CUDA graphs and engines. States of this session become unreadable."""
+        if self._rt is None:
+            return
+        self._drop_graphs()
+        for ptr, _ in self._bufs.values():
+            self._rt.free(ptr)
+        self._bufs.clear()
+        self._live = None
+        self._engines = {}
+        self._rt.close()
+        self._rt = None
+
+    def __enter__(self) -> "TensorrtSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- the thin layer over CUDA and TensorRT
+
+def _cudart():
+    cudart = engines.import_cudart()
+    if cudart is None:
+        raise EngineError("cuda-python is not installed; the TensorRT backend needs it for GPU buffers and streams",
+                          "pip install 'lru-deploy[trt]' (cuda-python)")
+    return cudart
+
+
+class _CudaTrt:
+    """One CUDA device and stream, device memory, CUDA graphs, and the TensorRT runtime that loads engines."""
+
+    def __init__(self, device: int = 0):
+        self.info = engines.preflight(device)
+        self.cudart = _cudart()
+        import tensorrt as trt
+
+        self._trt = trt
+        self._pending: list = []  # host arrays that must live until the next sync
+        self._call(self.cudart.cudaSetDevice(device), "cudaSetDevice")
+        self.stream = self._call(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
+                                 "cudaStreamCreateWithFlags")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._ptrs: set[int] = set()
+
+    def _call(self, res, what: str):
+        err, *rest = res if isinstance(res, tuple) else (res,)
+        if int(err) != 0:
+            msg = self.cudart.cudaGetErrorString(err)[1].decode()
+            raise EngineError(f"CUDA error in {what}: {msg}", "check the GPU with nvidia-smi")
+        return rest[0] if len(rest) == 1 else None
+
+    def load(self, plan: bytes, host_code_allowed: bool) -> "_TrtEngine":
+        if host_code_allowed:  # version-compatible plans carry a lean runtime; they come from our own build
+            self._runtime.engine_host_code_allowed = True
+        engine = self._runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise EngineError("TensorRT could not deserialize an engine of this folder",
+                              "rebuild the engines on this machine with this TensorRT")
+        return _TrtEngine(self._trt, engine, int(self.stream))
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = int(self._call(self.cudart.cudaMalloc(nbytes), "cudaMalloc"))  # 256-byte aligned, as TensorRT needs
+        self._ptrs.add(ptr)
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        self._ptrs.discard(ptr)
+        self._call(self.cudart.cudaFree(ptr), "cudaFree")
+
+    def h2d(self, ptr: int, a: np.ndarray) -> None:
+        self._pending.append(a)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call(self.cudart.cudaMemcpyAsync(ptr, a.ctypes.data, a.nbytes, kind, self.stream), "cudaMemcpyAsync")
+
+    def d2h(self, a: np.ndarray, ptr: int) -> None:
+        self._pending.append(a)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call(self.cudart.cudaMemcpyAsync(a.ctypes.data, ptr, a.nbytes, kind, self.stream), "cudaMemcpyAsync")
+
+    def sync(self) -> None:
+        self._call(self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        self._pending.clear()
+
+    def begin_capture(self) -> None:
+        mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._call(self.cudart.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self):
+        """The instantiated graph, or None where capture failed (the error is cleared)."""
+        err, graph = self.cudart.cudaStreamEndCapture(self.stream)
+        if int(err) != 0 or graph is None or not int(graph):
+            self.cudart.cudaGetLastError()
+            return None
+        err, exe = self.cudart.cudaGraphInstantiate(graph, 0)
+        self.cudart.cudaGraphDestroy(graph)
+        if int(err) != 0:
+            self.cudart.cudaGetLastError()
+            return None
+        return exe
+
+    def launch(self, exe) -> None:
+        self._call(self.cudart.cudaGraphLaunch(exe, self.stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, exe) -> None:
+        self.cudart.cudaGraphExecDestroy(exe)
+
+    def close(self) -> None:
+        self.sync()
+        for ptr in list(self._ptrs):
+            self.free(ptr)
+        self.cudart.cudaStreamDestroy(self.stream)
+
+
+class _TrtEngine:
+    """One deserialized engine and its execution context, enqueued on the owner's stream."""
+
+    def __init__(self, trt, engine, stream: int):
+        self._trt, self.engine, self._stream = trt, engine, stream
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+
+    def io(self) -> dict:
+        trt, e = self._trt, self.engine
+        out = {}
+        for i in range(e.num_io_tensors):
+            name = e.get_tensor_name(i)
+            mode = "input" if e.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
+            try:
+                dtype = np.dtype(trt.nptype(e.get_tensor_dtype(name)))
+            except TypeError:  # a type numpy lacks (bf16): surely not the contract's
+                dtype = np.dtype("V2")
+            out[name] = (mode, dtype)
+        return out
+
+    def profile(self, name: str) -> dict:
+        lo, opt, hi = self.engine.get_tensor_profile_shape(name, 0)
+        return {"min": list(lo), "opt": list(opt), "max": list(hi)}
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        return bool(self.context.set_input_shape(name, tuple(int(d) for d in shape)))
+
+    def set_address(self, name: str, ptr: int) -> bool:
+        return bool(self.context.set_tensor_address(name, int(ptr)))
+
+    def enqueue(self) -> bool:
+        return bool(self.context.execute_async_v3(self._stream))

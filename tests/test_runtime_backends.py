@@ -1,0 +1,371 @@
+"""Sessions on the reference, ONNX Runtime and TensorRT backends.
+
+ONNX Runtime runs real exported graphs and is compared with the float64 reference. TensorRT is not installed
+here: its session logic (ping-pong state on the device, profile checks, CUDA graph capture and replay,
+compatibility refusal) runs against a fake device and fake engines that compute with the reference model and
+emulate CUDA-graph semantics (a captured graph replays the shapes and addresses of its capture). The real
+TensorRT path is tested by test_tensorrt_end_to_end, which skips without TensorRT and a GPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from lru_deploy import contract, engines
+from lru_deploy.checkpoints import save_model
+from lru_deploy.errors import EngineError, ExportError, InputError
+from lru_deploy.export import export_model
+from lru_deploy.runtime import ReferenceSession, open_session
+from lru_deploy.runtime_backends import DeviceTensor, OnnxruntimeSession, TensorrtSession
+
+ATOL, RTOL = 1e-5, 1e-5  # fp32 graphs against the float64 reference, outputs of size ~1
+
+
+def tokens(session, prompt, n=12, seed=3, temperature=0.9, top_k=5):
+    return np.stack(list(session.generate(prompt, n, temperature, top_k, seed)), axis=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, lru):
+    """A token model, its folder, and an export (fp32 + fp16) with max_seq 16 so that prompts get split."""
+    root = tmp_path_factory.mktemp("rb")
+    model = lru.make_model(lru.small_config(), seed=5)
+    model_dir = save_model(model, root / "tiny")
+    export = export_model(model_dir, root / "export", precisions=("fp32", "fp16"), chunk=4, max_seq=16,
+                          validate=False, lint=False)
+    return model, model_dir, export
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory, lru):
+    """A continuous-input model with mean pooling (its state carries a running sum and count)."""
+    root = tmp_path_factory.mktemp("rbp")
+    model = lru.make_model(lru.small_config(d_input=3, pooling="mean", d_output=4), seed=6)
+    model_dir = save_model(model, root / "pooled")
+    export = export_model(model_dir, root / "export", precisions=("fp32",), chunk=4, max_seq=16, validate=False,
+                          lint=False)
+    return model, model_dir, export
+
+
+# ---------------------------------------------------------------- open_session
+
+def test_open_session_dispatches_on_the_folder(tiny):
+    _, model_dir, export = tiny
+    assert type(open_session(model_dir)) is ReferenceSession
+    ort = open_session(export)
+    assert type(ort) is OnnxruntimeSession and ort.max_seq == 16 and ort.precision == "fp32"
+    assert open_session(export, precision="fp16").precision == "fp16"
+    assert type(open_session(export, backend="reference")) is ReferenceSession  # follows the manifest's model
+
+
+def test_open_session_refuses_clearly(tiny, tmp_path):
+    _, model_dir, export = tiny
+    with pytest.raises(InputError, match="backend onnxruntime needs an export folder") as e:
+        open_session(model_dir, backend="onnxruntime")
+    assert "lru-deploy export" in e.value.hint
+    with pytest.raises(InputError, match="unknown backend 'jax'"):
+        open_session(model_dir, backend="jax")
+    with pytest.raises(InputError, match="neither a model, an export nor an engine folder"):
+        open_session(tmp_path)
+    with pytest.raises(ExportError, match="no bf16 graphs"):
+        open_session(export, precision="bf16")
+    with pytest.raises(InputError, match="lacks CUDAExecutionProvider"):
+        open_session(export, providers=["CUDAExecutionProvider"])
+
+
+# ---------------------------------------------------------------- ONNX Runtime against the reference
+
+def test_onnxruntime_prefill_splits_long_prompts_exactly(tiny, lru):
+    model, _, export = tiny
+    ref, ort = ReferenceSession(model), OnnxruntimeSession(export)
+    calls = []
+    run = ort._run
+    ort._run = lambda g, feeds: calls.append(feeds[contract.input_name(model.cfg)].shape) or run(g, feeds)
+    ids = lru.random_inputs(model.cfg, 3, 37, seed=1)
+    st0 = lru.random_state(model.cfg, 3, seed=2)
+    out, st = ort.prefill(ids, st0)
+    assert calls == [(3, 16), (3, 16), (3, 5)]  # max_seq 16: three calls, state carried
+    want, want_st = ref.prefill(ids, st0)
+    np.testing.assert_allclose(out, want, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(st["state"], want_st["state"], atol=ATOL, rtol=RTOL)
+
+
+def test_onnxruntime_step_continues_prefill(tiny, lru):
+    model, _, export = tiny
+    ref, ort = ReferenceSession(model), OnnxruntimeSession(export)
+    ids = lru.random_inputs(model.cfg, 2, 9, seed=3)
+    _, st = ort.prefill(ids[:, :6])
+    for t in range(6, 9):
+        out, st = ort.step(ids[:, t], st)
+    full, full_st = ref.prefill(ids)
+    np.testing.assert_allclose(out, full[:, -1], atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(st["state"], full_st["state"], atol=ATOL, rtol=RTOL)
+
+
+def test_onnxruntime_fp16_within_the_precision_tolerance(tiny, lru):
+    model, _, export = tiny
+    ids = lru.random_inputs(model.cfg, 2, 20, seed=4)
+    got, _ = OnnxruntimeSession(export, precision="fp16").prefill(ids)
+    want, _ = ReferenceSession(model).prefill(ids)
+    rel_l2 = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert rel_l2 <= contract.TOLERANCES["fp16"]["rel_l2"], rel_l2
+
+
+def test_same_tokens_on_reference_and_onnxruntime(tiny, lru):
+    model, _, export = tiny
+    prompts = lru.random_inputs(model.cfg, 3, 21, seed=5)  # longer than max_seq: split
+    a = tokens(ReferenceSession(model), prompts, n=16)
+    b = tokens(OnnxruntimeSession(export), prompts, n=16)
+    assert a.shape == (3, 16)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batched_generation_equals_one_sequence_at_a_time(tiny, lru):
+    model, _, export = tiny
+    ort = OnnxruntimeSession(export)
+    prompts = lru.random_inputs(model.cfg, 3, 7, seed=6)
+    together = np.stack([ort.step(prompts[:, -1], ort.prefill(prompts[:, :-1])[1])[0]])[0]
+    for b in range(3):
+        alone, _ = ort.step(prompts[b:b + 1, -1], ort.prefill(prompts[b:b + 1, :-1])[1])
+        np.testing.assert_allclose(together[b:b + 1], alone, atol=1e-6, rtol=1e-6)
+    # greedy decoding is deterministic per row, so a batch decodes like its rows alone
+    batch = tokens(ort, prompts, n=8, temperature=0)
+    for b in range(3):
+        np.testing.assert_array_equal(batch[b:b + 1], tokens(ort, prompts[b:b + 1], n=8, temperature=0))
+
+
+def test_mean_pooling_state_crosses_backends(pooled, lru):
+    model, _, export = pooled
+    ref, ort = ReferenceSession(model), OnnxruntimeSession(export)
+    x = lru.random_inputs(model.cfg, 2, 23, seed=7)
+    out, st = ort.prefill(x[:, :20])
+    assert set(st) == {"state", "pool_sum", "pool_count"}
+    out, st = ref.step(x[:, 20], st)  # a state from one backend continues on another
+    out, st = ort.step(x[:, 21], st)
+    out, st = ort.prefill(x[:, 22:], st)
+    want, want_st = ref.prefill(x)
+    np.testing.assert_allclose(out, want, atol=ATOL, rtol=RTOL)
+    for k in want_st:
+        np.testing.assert_allclose(st[k], want_st[k], atol=ATOL, rtol=RTOL)
+    assert float(st["pool_count"][0, 0]) == 23.0
+
+
+def test_tampered_graph_is_refused(tiny, tmp_path):
+    import shutil
+    _, _, export = tiny
+    copy = shutil.copytree(export, tmp_path / "copy")
+    with open(copy / "fp32" / "step.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ExportError, match="does not match the sha256"):
+        OnnxruntimeSession(copy)
+
+
+# ---------------------------------------------------------------- TensorRT session logic on a fake device
+
+H100 = engines.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0.26", engines.current_platform())
+
+
+class FakeCuda:
+    """Device memory as numpy bytes; a captured 'CUDA graph' is the list of enqueues made during capture."""
+
+    def __init__(self, info=H100, capture_ok=True, drop_output=None):
+        self.info, self.capture_ok, self.drop_output = info, capture_ok, drop_output
+        self.mem, self.next, self.capturing = {}, 1 << 12, None
+        self.enqueues = self.launches = self.captures = 0
+        self.closed = False
+        self.model = None  # set by the test: the reference session the fake engines compute with
+
+    def load(self, plan: bytes, host_code_allowed: bool):
+        graph = plan.decode().split(":")[1]
+        return FakeEngine(self, graph)
+
+    def malloc(self, n):
+        ptr, self.next = self.next, self.next + ((n + 255) // 256 + 1) * 256
+        self.mem[ptr] = np.zeros(n, np.uint8)
+        return ptr
+
+    def free(self, ptr):
+        del self.mem[ptr]
+
+    def h2d(self, ptr, a):
+        b = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+        self.mem[ptr][:b.size] = b
+
+    def d2h(self, a, ptr):
+        a.reshape(-1).view(np.uint8)[:] = self.mem[ptr][:a.nbytes]
+
+    def sync(self):
+        pass
+
+    def begin_capture(self):
+        self.capturing = []
+
+    def end_capture(self):
+        ops, self.capturing = self.capturing, None
+        self.captures += 1
+        return ops if self.capture_ok else None
+
+    def launch(self, ops):
+        self.launches += 1
+        for op in ops:
+            op()
+
+    def destroy_graph(self, ops):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class FakeEngine:
+    def __init__(self, cuda: FakeCuda, graph: str):
+        self.cuda, self.graph, self.shapes, self.addrs = cuda, graph, {}, {}
+        m = cuda.manifest
+        self.spec = contract.graph_spec(engines.LRUConfig.from_dict(m["config"]), graph, m["prefill_outputs"])
+        self.prof = m["profiles"][graph]
+
+    def io(self):
+        io = {t.name: ("input", np.dtype(t.dtype)) for t in self.spec.inputs}
+        io.update({t.name: ("output", np.dtype(t.dtype)) for t in self.spec.outputs})
+        if self.cuda.drop_output:
+            io.pop(self.cuda.drop_output)
+        return io
+
+    def profile(self, name):
+        return self.prof[name]
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_address(self, name, ptr):
+        self.addrs[name] = ptr
+        return True
+
+    def enqueue(self):
+        shapes, addrs = dict(self.shapes), dict(self.addrs)  # what a CUDA graph bakes in at capture
+        op = lambda: self._compute(shapes, addrs)  # noqa: E731
+        if self.cuda.capturing is not None:
+            self.cuda.capturing.append(op)
+        else:
+            self.cuda.enqueues += 1
+            op()
+        return True
+
+    def _compute(self, shapes, addrs):
+        ins, outs = {addrs[t.name] for t in self.spec.inputs}, {addrs[t.name] for t in self.spec.outputs}
+        assert not ins & outs, "an input and an output share a buffer"
+        mem = self.cuda.mem
+        feeds = {}
+        for t in self.spec.inputs:
+            n = int(np.prod(shapes[t.name])) * np.dtype(t.dtype).itemsize
+            feeds[t.name] = mem[addrs[t.name]][:n].view(t.dtype).reshape(shapes[t.name]).copy()
+        for name, arr in self.cuda.model._run(self.graph, feeds).items():
+            b = np.ascontiguousarray(arr, np.float32).view(np.uint8).reshape(-1)
+            mem[addrs[name]][:b.size] = b
+
+
+@pytest.fixture
+def engine_dir(tiny, tmp_path, monkeypatch):
+    """A real engine folder (manifest, profiles: batch 1..2, seq 1..16) with fake plans."""
+    with monkeypatch.context() as mp:
+        mp.setattr(engines, "preflight", lambda device=0: H100)
+        mp.setattr(engines, "_build_plan", lambda onnx, profile, label, **kw: f"plan:{label}".encode())
+        out, _ = engines.build_engines(tiny[2], tmp_path / "eng", batch=(1, 2, 2), seq=(1, 8, 16))
+    return out
+
+
+def fake_session(engine_dir, model, **cuda_kw):
+    cuda = FakeCuda(**cuda_kw)
+    cuda.manifest = engines.read_engine_manifest(engine_dir)
+    cuda.model = ReferenceSession(model)
+    return TensorrtSession(engine_dir, runtime=cuda), cuda
+
+
+def test_tensorrt_session_generates_like_the_reference_with_cuda_graphs(tiny, engine_dir, lru):
+    model = tiny[0]
+    sess, cuda = fake_session(engine_dir, model)
+    assert sess.max_seq == 16 and sess.max_batch == 2
+    prompts = lru.random_inputs(model.cfg, 2, 37, seed=8)
+    got = tokens(sess, prompts, n=10)
+    np.testing.assert_array_equal(got, tokens(ReferenceSession(model), prompts, n=10))
+    # prefill: 3 split calls; steps: 2 plain enqueues (one per ping-pong direction, each captured), 7 replays
+    assert cuda.enqueues == 3 + 2 and cuda.captures == 2 and cuda.launches == 7
+
+
+def test_tensorrt_state_stays_on_the_device_and_only_the_latest_is_valid(tiny, engine_dir, lru):
+    model = tiny[0]
+    sess, cuda = fake_session(engine_dir, model)
+    ref = ReferenceSession(model)
+    ids = lru.random_inputs(model.cfg, 2, 12, seed=9)
+    out, st = sess.prefill(ids[:, :10])
+    assert isinstance(st["state"], DeviceTensor) and st["state"].shape == (2, model.cfg.n_layers, 2, 5)
+    out2, st2 = sess.step(ids[:, 10], st)
+    out3, st3 = sess.step(ids[:, 11], st2)
+    want, want_st = ref.prefill(ids)
+    np.testing.assert_allclose(out3, want[:, -1], atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(np.asarray(st3["state"]), want_st["state"], atol=ATOL, rtol=RTOL)
+    with pytest.raises(InputError, match="was overwritten") as e:
+        sess.step(ids[:, 11], st2)  # only a session's latest state is valid: st3 replaced st2
+    assert "np.array(value)" in e.value.hint
+    with pytest.raises(InputError, match="was overwritten"):
+        np.asarray(st["state"])
+    # a host copy of a state runs anywhere, also fed back into the same session
+    host = {k: np.array(v) for k, v in st3.items()}
+    again, _ = sess.step(ids[:, 0], host)
+    np.testing.assert_allclose(again, ref.step(ids[:, 0], want_st)[0], atol=ATOL, rtol=RTOL)
+
+
+def test_tensorrt_shapes_outside_the_profile_fail_before_enqueue(tiny, engine_dir, lru):
+    sess, cuda = fake_session(engine_dir, tiny[0])
+    with pytest.raises(InputError, match="optimization profile") as e:
+        sess.prefill(lru.random_inputs(tiny[0].cfg, 3, 4, seed=1))
+    assert "input_ids: batch is 3, the prefill engine's profile allows 1..2" in e.value.problems
+    assert "--batch 1:1:3" in e.value.hint
+    assert cuda.enqueues == 0
+
+
+def test_tensorrt_capture_failure_falls_back_to_plain_enqueues(tiny, engine_dir, lru):
+    model = tiny[0]
+    sess, cuda = fake_session(engine_dir, model, capture_ok=False)
+    prompts = lru.random_inputs(model.cfg, 1, 5, seed=10)
+    np.testing.assert_array_equal(tokens(sess, prompts, n=6), tokens(ReferenceSession(model), prompts, n=6))
+    assert sess.cuda_graphs is False and cuda.launches == 0 and cuda.enqueues == 1 + 5
+
+
+def test_tensorrt_refuses_another_gpu_and_a_broken_contract(tiny, engine_dir):
+    other = engines.RuntimeInfo("Tesla T4", "7.5", "10.3.0.26", engines.current_platform())
+    with pytest.raises(EngineError, match="cannot run here") as e:
+        fake_session(engine_dir, tiny[0], info=other)
+    assert "GPU model that built it" in e.value.render() and "lru-deploy build" in e.value.hint
+    with pytest.raises(EngineError, match="do not follow the I/O contract") as e:
+        fake_session(engine_dir, tiny[0], drop_output="state_out")
+    assert "prefill: no tensor 'state_out' (output)" in e.value.problems
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_backend_without_tensorrt_says_why(engine_dir):
+    with pytest.raises(EngineError, match="TensorRT is not installed"):
+        open_session(engine_dir)
+
+
+@pytest.mark.trt
+def test_tensorrt_end_to_end(tiny, tmp_path, lru):
+    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    if importlib.util.find_spec("cuda") is None:
+        pytest.skip("cuda-python not installed")
+    gpu, why = engines.gpu_info()
+    if gpu is None:
+        pytest.skip(f"no CUDA GPU: {why}")
+    model, _, export = tiny
+    out, _ = engines.build_engines(export, tmp_path / "eng", batch=(1, 2, 3), seq=(1, 8, 16))
+    with open_session(out) as trt:
+        ids = lru.random_inputs(model.cfg, 3, 37, seed=11)
+        got, st = trt.prefill(ids)
+        want, want_st = ReferenceSession(model).prefill(ids)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(st["state"]), want_st["state"], atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(tokens(trt, ids, n=8, temperature=0),
+                                      tokens(ReferenceSession(model), ids, n=8, temperature=0))
