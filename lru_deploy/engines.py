@@ -64,15 +64,18 @@ def current_platform() -> str:
 
 def parse_range(text: str, what: str) -> tuple[int, int, int]:
     """'MIN:OPT:MAX' (or one number for all three) -> (min, opt, max) with 1 <= min <= opt <= max."""
-    parts = str(text).split(":")
     try:
-        vals = [int(p) for p in parts]
+        vals = [int(p) for p in str(text).split(":")]
     except ValueError:
         vals = []
-    if len(vals) == 1:
-        vals = vals * 3
-    if len(vals) != 3 or not 1 <= vals[0] <= vals[1] <= vals[2]:
-        raise InputError(f"--{what} {text!r} is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX",
+    return check_range(vals * 3 if len(vals) == 1 else vals, what, text)
+
+
+def check_range(vals, what: str, text=None) -> tuple[int, int, int]:
+    vals = list(vals)
+    if len(vals) != 3 or not all(isinstance(v, int) for v in vals) or not 1 <= vals[0] <= vals[1] <= vals[2]:
+        shown = text if text is not None else ":".join(map(str, vals))
+        raise InputError(f"--{what} {shown!r} is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX",
                          f"for example --{what} 1:1:8")
     return vals[0], vals[1], vals[2]
 
@@ -411,14 +414,14 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
     batch and seq are (min, opt, max); seq defaults to DEFAULT_SEQ clipped to the export's max_seq.
     """
     running = preflight(device)  # before any work: without TensorRT or a GPU there is nothing to do
-    batch = parse_range(":".join(map(str, batch)), "batch")
+    batch = check_range(batch, "batch")
     if hardware_compat not in HW_COMPAT:
         raise InputError(f"--hardware-compat {hardware_compat!r} is unknown", f"one of {', '.join(HW_COMPAT)}")
     export_dir = Path(export_dir).resolve()
     src = read_export_manifest(export_dir, precision)
     cfg = LRUConfig.from_dict(src["config"])
     export_max = int(src["max_seq"])
-    seq = tuple(min(s, export_max) for s in DEFAULT_SEQ) if seq is None else parse_range(":".join(map(str, seq)), "seq")
+    seq = tuple(min(s, export_max) for s in DEFAULT_SEQ) if seq is None else check_range(seq, "seq")
     if seq[2] > export_max:
         raise InputError(f"--seq max {seq[2]} exceeds the export's max_seq {export_max}",
                          f"use --seq MIN:OPT:{export_max} or export again with a larger --max-seq")
