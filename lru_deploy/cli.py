@@ -25,6 +25,7 @@ STAGES: list[str] = [
     "lru_deploy.engines",
     "lru_deploy.lint",
     "lru_deploy.importers",
+    "lru_deploy.parity",
 ]
 
 
@@ -77,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-out", help=".npz file for the final state")
     s.add_argument("--backend", default=None, help="reference (default for a model folder)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("generate", help="stream text from a token model on any backend",
+                       description="Prefill the prompt, then sample one token per step. Standard output carries the "
+                                   "prompt and the generated text only; statistics go to standard error.")
+    s.add_argument("target", nargs="?", default="default",
+                   help="model, export or engine folder (default: the bundled model)")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--backend", choices=("reference", "onnxruntime", "tensorrt"), default=None,
+                   help="default: what TARGET holds (model -> reference, export -> onnxruntime, engines -> tensorrt)")
+    s.add_argument("--precision", default=None, help="onnxruntime: which exported precision to run (default fp32)")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=40, help="0 = all tokens")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("demo", help="the main job end to end on the bundled model",
                        description="Load the bundled model, run every stage available here, and say what was "
@@ -142,6 +158,38 @@ def cmd_run(args) -> int:
     if args.state_out:
         atomic_write(args.state_out, lambda f: np.savez(f, **st))
     print(f"outputs {list(out.shape)} -> {args.output}" + (f"; state -> {args.state_out}" if args.state_out else ""))
+    return 0
+
+
+def resolve_target(target: str) -> Path:
+    from .checkpoints import default_model_dir
+    return default_model_dir() if target in (None, "default") else Path(target)
+
+
+def cmd_generate(args) -> int:
+    import codecs
+    from .runtime import encode, open_session
+    if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
+        raise InputError("--max-new-tokens, --top-k and --temperature must be >= 0")
+    kwargs = {"precision": args.precision} if args.precision else {}
+    sess = open_session(resolve_target(args.target), args.backend, **kwargs)
+    prompt = encode(args.prompt)
+    if prompt.size == 0:
+        raise InputError("the prompt is empty", "pass at least one character with --prompt")
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    t0 = time.perf_counter()
+    n = 0
+    for tok in sess.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed):
+        out.write(dec.decode(bytes([int(tok[0])])))
+        out.flush()
+        n += 1
+    out.write(dec.decode(b"", final=True) + "\n")
+    dt = time.perf_counter() - t0
+    print(f"[{sess.backend}] {n} tokens in {dt:.2f} s ({n / max(dt, 1e-9):.1f} tokens/s, prompt {prompt.size} "
+          f"tokens, seed {args.seed})", file=sys.stderr)
     return 0
 
 
