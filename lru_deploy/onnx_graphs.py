@@ -5,15 +5,18 @@ Why not torch.onnx.export: the graphs must contain exactly the ops, dtypes and c
 shape arithmetic that a tracer would specialise. Writing the graph is ~300 lines and takes milliseconds.
 
 Prefill, per layer (real arithmetic, planes p = 0 real, 1 imaginary; T = chunk, C = number of chunks):
-    bu  = x @ Wb                         [B, Sp, 2N]   Wb = [Re(B_norm)^T | Im(B_norm)^T] (H, 2N)
-    X   = transpose(bu)                  [N, 2T, B*C]  rows (p, t): channel-major, ready for batched MatMul
-    E   = Lend @ X                       [N, 2, B*C]   local state at each chunk's end (zero carry-in)
-    S   = scan over [h0, E_0..E_{C-1}]   Hillis-Steele with multipliers lambda^(T*2^j), fixed step count
-    x   = Laug @ [X; carry_in]           [N, 2T, B*C]  Toeplitz of lambda^(t-s) plus lambda^(t+1) * carry_in
-    y   = transpose(x) @ Wc              [B, Sp, H]    Wc = [C_re^T ; -C_im^T] (2N, H)
-The input is padded at the right to a multiple of T once, before the encoder: padded positions come after every
-real one, so they change nothing that is read; the final state is gathered at position seq-1 and outputs are
-sliced to seq. The intra-chunk step can instead be log2(T) shift-multiply-add steps (intra="shift").
+    positions run in (t, b, c) order inside the graph: the rows of the residual stream are position t of chunk c
+    of sequence b, so that every chunk's T positions are columns of one channel's matrix without a transpose
+    bu  = Wb' x^T                        [N, 2T, B*C]  one Gemm; Wb' rows (n, p); per channel rows (p, t)
+    E   = Lend @ bu                      [N, 2, B*C]   local state at each chunk's end (zero carry-in)
+    S   = scan over [h0, E_0..E_{C-1}]   [N, 2, B, C+1] Hillis-Steele, multipliers lambda^(T*2^j), fixed steps
+    x   = Laug @ [bu; carry_in]          [N, 2T, B*C]  Toeplitz of lambda^(t-s) plus lambda^(t+1) * carry_in
+    y   = x^T Wc'                        [T*B*C, H]    one Gemm (transA)
+The input is padded at the right to a multiple of T once and reordered (b, c, t) -> (t, b, c) (a transpose of
+the token ids or the inputs); the outputs are put back in sequence order at the end (a block transpose of the
+narrower of the residual stream and the decoder output). Padded positions come after every real one, so they
+change nothing that is read; the final state is gathered at position seq-1 (t = r, c = C-1). The intra-chunk
+step can instead be log2(T) shift-multiply-add steps (intra="shift").
 
 Precision: the residual stream, norms, scan and state are float32; matmuls, the skip, GELU and the GLU run in
 the precision's type between explicit Casts.
@@ -227,13 +230,14 @@ def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max
                   floor: bool = False) -> onnx.ModelProto:
     """The chunked parallel-scan prefill graph. `model` should be float64 (lru_deploy.model.gold).
 
-    floor=True removes the scan (x = B u, state passed through): the projections-only graph that benchmarks
-    measure prefill against. Its outputs are meaningless; its cost is the floor.
+    floor=True removes the scan (x = B u, state passed through) and keeps positions in sequence order: the
+    projections-only graph that benchmarks measure prefill against. Its outputs are meaningless; its cost is the
+    floor.
     """
     if intra not in INTRA:
         raise ValueError(f"intra must be one of {INTRA}")
     net = _Net(model, precision, "prefill")
-    g, cfg, T, N = net.g, net.cfg, chunk, net.cfg.d_hidden
+    g, cfg, T, N, H = net.g, net.cfg, chunk, net.cfg.d_hidden, net.cfg.d_model
     xname = "input_ids" if cfg.tokens else "inputs"
     # Shape arithmetic (int64): S = seq, C = chunks, Sp = C*T, r = position of seq-1 in the last chunk.
     shp = g.op("Shape", xname)
@@ -249,64 +253,78 @@ def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max
     zeros = [0, 0, 0] if cfg.tokens else [0, 0, 0, 0]
     pads = g.op("Concat", g.i64(zeros), pad1, *([] if cfg.tokens else [g.i64([0])]), axis=0)
     x = g.op("Pad", xname, pads, mode="constant")
-    shape_nb = g.op("Concat", g.i64([N]), B1, g.i64([-1, 2]), axis=0)
-    shape_out = g.op("Concat", g.i64([2, N]), B1, g.i64([-1, T]), axis=0)
-    shape_u = g.op("Concat", B1, g.i64([-1, cfg.d_model]), axis=0)
+    if not floor:  # positions (b, c, t) -> (t, b, c): one block transpose of the (small) inputs
+        feat = [] if cfg.tokens else [cfg.d_input]
+        x = g.op("Reshape", x, g.op("Concat", B1, g.i64([-1, T] + feat), axis=0))
+        x = g.op("Transpose", x, perm=[2, 0, 1] + ([3] if feat else []))
+    shape_tbc = g.op("Concat", g.i64([T]), B1, g.i64([-1]), axis=0)  # [T, B, C]
     n_scan = max(1, math.ceil(math.log2(math.ceil(max_seq / T) + 1)))
 
-    u = g.op("Reshape", net.encode(x), g.i64([-1, cfg.d_model]))  # residual stream [B*Sp, H]
+    u = g.op("Reshape", net.encode(x), g.i64([-1, H]))  # residual stream [positions, H]
     finals = []
     for li, lw in enumerate(net.layers):
         def lru(xr, li=li, lw=lw):
             if floor:
                 finals.append(g.op("Gather", "state", g.i64([li]), axis=1))
                 return net.project_out(net.project_in(xr, lw), lw)
-            # B u, computed transposed so that channels lead: [2N, B*Sp] -> [2, N, M, T], M = B*C
-            buT = net.to_f32(g.op("Gemm", net.W(lw.Wb.T, "WbT"), xr, transB=1))
-            X = g.op("Reshape", buT, g.i64([2, N, -1, T]))
+            nm = lambda W: W.reshape(2, N, -1).transpose(1, 0, 2).reshape(2 * N, -1)  # noqa: E731 rows (p,n)->(n,p)
+            # B u with channels leading: [2N, T*B*C] = [N, (p, t), (b, c)]; per channel a [2T, B*C] matrix
+            buT = net.to_f32(g.op("Gemm", net.W(nm(lw.Wb.T), "WbT"), xr, transB=1))
+            X = g.op("Reshape", buT, g.i64([N, 2 * T, -1]))
             Laug, Lend = toeplitz_mats(lw.lam, T)
             if intra == "shift":
-                X = _shift_scan(net, X, lw.lam, T, N)
-                E = g.op("Transpose", g.op("Gather", X, g.i64(T - 1), axis=3), perm=[1, 2, 0])
-            else:  # chunk-end local states from the Toeplitz rows t = T-1: [N, M, 2] (re, im)
-                Lend4 = Lend.reshape(N, 2, 2, T).transpose(2, 0, 3, 1)  # (p_in, N, T, p_out)
-                E = g.op("ReduceSum", g.op("MatMul", X, g.const(Lend4, hint="Lend")), g.i64([0]), keepdims=0)
+                X = _shift_scan(net, g.op("Reshape", X, g.i64([N, 2, T, -1])), lw.lam, T, N)
+                E = g.op("Gather", X, g.i64(T - 1), axis=2)  # [N, 2, B*C]
+            else:  # chunk-end local states, the Toeplitz rows t = T-1: [N, 2, B*C]
+                E = g.op("MatMul", g.const(Lend, hint="Lend"), X)
             h0 = g.op("Gather", "state", g.i64(li), axis=1)  # [B, 2, N]
-            h0 = g.op("Unsqueeze", g.op("Transpose", h0, perm=[2, 0, 1]), g.i64([2]))  # [N, B, 1, 2]
-            Sx = g.op("Concat", h0, g.op("Reshape", E, shape_nb), axis=2)  # [N, B, C+1, 2]
+            h0 = g.op("Unsqueeze", g.op("Transpose", h0, perm=[2, 1, 0]), g.i64([3]))  # [N, 2, B, 1]
+            Sx = g.op("Concat", h0, g.op("Reshape", E, g.op("Concat", g.i64([N, 2]), B1, g.i64([-1]), axis=0)),
+                      axis=3)  # [N, 2, B, C+1]: state before each chunk, once scanned
             for j in range(n_scan):  # Hillis-Steele over chunk ends; shifts beyond C+1 add zeros
                 k = 2 ** j
-                A, Bm = cmul_planes(lam_pow(lw.lam, T * k), (2, N, 1, 1))
-                A, Bm = (np.moveaxis(v, 0, -1) for v in (A, Bm))  # (N, 1, 1, 2)
-                sh = g.op("Slice", g.op("Pad", Sx, g.i64([0, 0, k, 0, 0, 0, 0, 0]), mode="constant"),
-                          g.i64([0]), g.i64([-k]), g.i64([2]))
-                sw = g.op("Gather", sh, g.i64([1, 0]), axis=3)
+                A, Bm = _planes_nm(lam_pow(lw.lam, T * k), (N, 2, 1, 1))
+                sh = g.op("Slice", g.op("Pad", Sx, g.i64([0, 0, 0, k, 0, 0, 0, 0]), mode="constant"),
+                          g.i64([0]), g.i64([-k]), g.i64([3]))
+                sw = g.op("Gather", sh, g.i64([1, 0]), axis=1)
                 Sx = g.op("Add", Sx, g.op("Add", g.op("Mul", sh, g.const(A)), g.op("Mul", sw, g.const(Bm))))
-            carry = g.op("Reshape", g.op("Slice", Sx, g.i64([0]), g.i64([-1]), g.i64([2])), g.i64([1, N, -1, 2]))
+            carry = g.op("Reshape", g.op("Slice", Sx, g.i64([0]), g.i64([-1]), g.i64([3])), g.i64([N, 2, -1]))
             if intra == "shift":
                 out = _apply_carry(net, X, carry, lw.lam, T, N)
-            else:  # one batched MatMul: [X_re | X_im | carry] @ (Toeplitz of lambda^(t-s); lambda^(t+1))
-                Lp = Laug.reshape(N, 2, T, 2 * T + 2).transpose(1, 0, 3, 2)  # (p_out, N, 2T+2, T)
-                X_re, X_im = g.op("Split", X, axis=0, num_outputs=2, n_out=2)
-                out = g.op("MatMul", g.op("Concat", X_re, X_im, carry, axis=3), g.const(Lp, hint="Laug"))
-            fin = g.op("Gather", g.op("Gather", g.op("Reshape", out, shape_out), r, axis=4), c_last, axis=3)
-            finals.append(g.op("Unsqueeze", g.op("Transpose", fin, perm=[2, 0, 1]), g.i64([1])))  # [B,1,2,N]
-            x2d = g.op("Reshape", out, g.i64([2 * N, -1]))  # rows (plane, n), columns (b, c, t)
-            return g.op("Gemm", net.to_rt(x2d), net.W(lw.Wc, "Wc"), transA=1)  # [B*Sp, H]
+            else:  # one batched MatMul: (Toeplitz of lambda^(t-s) | lambda^(t+1)) @ [X; carry]
+                out = g.op("MatMul", g.const(Laug, hint="Laug"), g.op("Concat", X, carry, axis=1))
+            fin = g.op("Reshape", out, g.op("Concat", g.i64([N, 2, T]), B1, g.i64([-1]), axis=0))
+            fin = g.op("Gather", g.op("Gather", fin, r, axis=2), c_last, axis=3)  # [N, 2, B]
+            finals.append(g.op("Unsqueeze", g.op("Transpose", fin, perm=[2, 1, 0]), g.i64([1])))  # [B,1,2,N]
+            x2d = g.op("Reshape", out, g.i64([2 * N, -1]))  # rows (n, plane), columns (t, b, c)
+            return g.op("Gemm", net.to_rt(x2d), net.W(nm(lw.Wc), "Wc"), transA=1)  # [T*B*C, H]
         u = net.block(u, lw, lru)
-    u = g.op("Reshape", u, shape_u)  # [B, Sp, H]
+
+    def seq_order(v: str, d: int) -> str:
+        """[positions, d] in the graph's position order -> [B, Sp, d] in sequence order."""
+        if floor:
+            return g.op("Reshape", v, g.op("Concat", B1, g.i64([-1, d]), axis=0))
+        v = g.op("Transpose", g.op("Reshape", v, g.op("Concat", shape_tbc, g.i64([d]), axis=0)), perm=[1, 2, 0, 3])
+        return g.op("Reshape", v, g.op("Concat", B1, g.i64([-1, d]), axis=0))
 
     outs = {}
     if cfg.pooling == "mean":
-        us = g.op("Slice", u, g.i64([0]), S1, g.i64([1]))
+        us = g.op("Slice", seq_order(u, H), g.i64([0]), S1, g.i64([1]))
         psum = g.op("Add", "pool_sum", g.op("ReduceSum", us, g.i64([1]), keepdims=0))
         pcnt = g.op("Add", "pool_count", g.op("Cast", S1, to=F32))
         outs["outputs"] = net.decode(g.op("Div", psum, pcnt))
         outs.update(pool_sum_out=psum, pool_count_out=pcnt)
     elif cfg.pooling == "last" or prefill_outputs == "last":
-        outs["outputs"] = net.decode(g.op("Gather", u, last, axis=1))
+        if floor:
+            ul = g.op("Gather", seq_order(u, H), last, axis=1)
+        else:  # position seq-1 is (t = r, c = C-1)
+            u4 = g.op("Reshape", u, g.op("Concat", shape_tbc, g.i64([H]), axis=0))
+            ul = g.op("Gather", g.op("Gather", u4, r, axis=0), c_last, axis=1)
+        outs["outputs"] = net.decode(ul)
+    elif cfg.d_output <= H:  # decode, then reorder the narrower tensor
+        outs["outputs"] = g.op("Slice", seq_order(net.decode(u), cfg.d_output), g.i64([0]), S1, g.i64([1]))
     else:
-        outs["outputs"] = net.decode(g.op("Slice", u, g.i64([0]), S1, g.i64([1])))
+        outs["outputs"] = net.decode(g.op("Slice", seq_order(u, H), g.i64([0]), S1, g.i64([1])))
     outs["state_out"] = g.op("Concat", *finals, axis=1)
     return net.finish("prefill", dict(sorted(outs.items(), key=lambda kv: _OUT_ORDER.index(kv[0]))), opset,
                       prefill_outputs)
@@ -315,28 +333,33 @@ def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max
 _OUT_ORDER = ["outputs", "state_out", "pool_sum_out", "pool_count_out"]
 
 
+def _planes_nm(lk: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """cmul_planes for a [N, 2, ...] layout (channel first, then plane)."""
+    A, Bm = cmul_planes(lk, (2,) + lk.shape)
+    return np.moveaxis(A, 0, 1).reshape(shape), np.moveaxis(Bm, 0, 1).reshape(shape)
+
+
 def _shift_scan(net: _Net, X: str, lam: np.ndarray, T: int, N: int) -> str:
-    """Intra-chunk scan by log2(T) shift-multiply-add steps on X [2, N, M, T]."""
+    """Intra-chunk scan by log2(T) shift-multiply-add steps on X [N, 2, T, B*C]."""
     g = net.g
     k = 1
     while k < T:
-        A, Bm = cmul_planes(lam_pow(lam, k), (2, N, 1, 1))
-        sh = g.op("Slice", g.op("Pad", X, g.i64([0, 0, 0, k, 0, 0, 0, 0]), mode="constant"),
-                  g.i64([0]), g.i64([-k]), g.i64([3]))
-        sw = g.op("Gather", sh, g.i64([1, 0]), axis=0)
+        A, Bm = _planes_nm(lam_pow(lam, k), (N, 2, 1, 1))
+        sh = g.op("Slice", g.op("Pad", X, g.i64([0, 0, k, 0, 0, 0, 0, 0]), mode="constant"),
+                  g.i64([0]), g.i64([-k]), g.i64([2]))
+        sw = g.op("Gather", sh, g.i64([1, 0]), axis=1)
         X = g.op("Add", X, g.op("Add", g.op("Mul", sh, g.const(A)), g.op("Mul", sw, g.const(Bm))))
         k *= 2
     return X
 
 
 def _apply_carry(net: _Net, X: str, carry: str, lam: np.ndarray, T: int, N: int) -> str:
-    """x[t] = local[t] + lambda^(t+1) * carry_in on X [2, N, M, T]; carry [1, N, M, 2] (re, im)."""
+    """x[t] = local[t] + lambda^(t+1) * carry_in on X [N, 2, T, B*C]; carry [N, 2, B*C] (re, im)."""
     g = net.g
     c = lam_pow(lam[:, None], np.arange(1, T + 1)[None])  # (N, T)
-    A = np.stack([c.real, c.real])[:, :, None, :]  # (2, N, 1, T)
-    Bm = np.stack([-c.imag, c.imag])[:, :, None, :]
-    cr = g.op("Transpose", carry, perm=[3, 1, 2, 0])  # [2, N, M, 1]
-    cs = g.op("Gather", cr, g.i64([1, 0]), axis=0)
+    A, Bm = _planes_nm(c, (N, 2, T, 1))
+    cr = g.op("Unsqueeze", carry, g.i64([2]))  # [N, 2, 1, B*C]
+    cs = g.op("Gather", cr, g.i64([1, 0]), axis=1)
     return g.op("Add", X, g.op("Add", g.op("Mul", cr, g.const(A)), g.op("Mul", cs, g.const(Bm))))
 
 
