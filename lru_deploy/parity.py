@@ -1,0 +1,463 @@
+"""`lru-deploy check`: parity of an export or engine folder against the complex128 reference, on Polygraphy.
+
+    lru-deploy check export/default              # ONNX Runtime, every precision of the export
+    lru-deploy check engines/default/h100-fp16   # TensorRT
+
+Polygraphy is the comparison engine (DESIGN.md section 6): the gold model is a Polygraphy runner
+(`ReferenceRunner`) beside `OnnxrtRunner` or `TrtRunner`; `Comparator.run` feeds both from a data loader
+holding the shape matrix, and `Comparator.compare_accuracy` with a simple compare function checks every
+element against explicit atol and rtol from contract.TOLERANCES. Our own relative-L2 bound per output is
+computed beside it in float64, from the reference's float64 values.
+
+Beyond single calls, `SegmentsRunner` runs one sequence as several graph calls with the state carried, which
+checks the continuity identities of DESIGN.md section 3 (prefill(a) then prefill(b), prefill then steps,
+steps then prefill, each against the reference prefill of the whole sequence) and a long drift run of
+consecutive steps against the reference output at every position. The runners live in parity_runners.py;
+parity_report.py writes the table, report.json, the plot and the Polygraphy files that reproduce a case with
+`polygraphy run` alone.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+from polygraphy.backend.base import BaseRunner
+
+from . import contract
+from .checkpoints import checkpoint_sha256, file_sha256, load_model, read_json
+from .errors import ParityError
+from .export import emulate_reduced, random_inputs, rel_l2
+from .model import LRUConfig, LRUModel, gold
+from .parity_runners import ReferenceRunner, SegmentsRunner, run_pair
+
+log = logging.getLogger(__name__)
+DEFAULT_LONG_SEQ = 16384
+DEFAULT_DRIFT_STEPS = 10000
+QUICK_DRIFT_STEPS = 1000
+N_WINDOWS = 64  # error-along-the-sequence curves: rel L2 per window of ceil(seq / N_WINDOWS) positions
+
+
+# ---------------------------------------------------------------- the shape matrix
+
+@dataclass(frozen=True)
+class Case:
+    kind: str  # seq 1 | chunk edge | odd length | long | step | continuity | drift
+    graph: str  # the graph whose contract the inputs follow (continuity and drift: prefill-shaped)
+    batch: int
+    seq: int  # 0 for step-shaped inputs
+    nonzero_state: bool
+    segments: tuple = ()  # continuity and drift: the calls the sequence is split into
+
+    @property
+    def label(self) -> str:
+        if self.segments:
+            how = " + ".join(f"{g}({n})" if g == "prefill" else f"{n} step{'s' * (n > 1)}"
+                             for g, n in self.segments)
+            return f"{'drift' if self.kind == 'drift' else 'continuity'} b{self.batch}: {how}" \
+                   f"{' h0' if self.nonzero_state else ''}"
+        seq = f" s{self.seq}" if self.graph == "prefill" else ""
+        return f"{self.graph} b{self.batch}{seq}{' h0' if self.nonzero_state else ''}"
+
+
+def single_cases(chunk: int, max_seq: int, long_seq: Optional[int]) -> list[Case]:
+    """DESIGN.md section 6: seq 1, T-1, T, T+1, non powers of two, a long one; batch 1 and 3; h0 zero and not."""
+    T = chunk
+    rows = [("seq 1", 1, 1, False), ("seq 1", 3, 1, True), ("chunk edge", 1, T - 1, True),
+            ("chunk edge", 3, T, False), ("chunk edge", 3, T + 1, True), ("odd length", 1, 3 * T + 5, True),
+            ("odd length", 3, 2 * T + 7, False)]
+    if long_seq:
+        rows.append(("long", 1, min(long_seq, max_seq), True))
+    cases = [Case(k, "prefill", b, s, h) for k, b, s, h in rows if 1 <= s <= max_seq]
+    cases += [Case("step", "step", b, 0, h) for b, h in ((1, False), (3, True), (1, True), (3, False))]
+    return list(dict.fromkeys(cases))
+
+
+def continuity_cases(chunk: int, max_seq: int) -> list[Case]:
+    """prefill(a)+prefill(b), prefill(a)+steps, steps+prefill(b): each equals the reference prefill(a+b)."""
+    a, b = min(chunk + 3, max_seq), min(2 * chunk + 4, max_seq)
+    return [Case("continuity", "prefill", 3, a + b, True, (("prefill", a), ("prefill", b))),
+            Case("continuity", "prefill", 3, min(chunk + 1, max_seq) + 9, True,
+                 (("prefill", min(chunk + 1, max_seq)), ("step", 9))),
+            Case("continuity", "prefill", 2, 5 + min(chunk + 2, max_seq), False,
+                 (("step", 5), ("prefill", min(chunk + 2, max_seq))))]
+
+
+def case_feeds(cfg, case: Case, rng: np.random.Generator) -> OrderedDict:
+    return OrderedDict(random_inputs(cfg, case.batch, case.seq if case.graph == "prefill" else None,
+                                     case.nonzero_state, rng))
+
+
+# ---------------------------------------------------------------- comparing
+
+def output_rows(case: Case, got: dict, gold: dict, match: Optional[dict], tol: dict, bound: float) -> list[dict]:
+    """One row per reference output: rel L2 (float64) against `bound`, max abs, Polygraphy's verdict."""
+    rows = []
+    for name, ref in gold.items():
+        row = {"case": case.label, "kind": case.kind, "output": name, "shape": list(ref.shape),
+               "rel_l2": None, "max_abs": None, "bound_rel_l2": bound, "pass": False, "why": ""}
+        if match is not None:
+            row.update(atol=tol["atol"], rtol=tol["rtol"])
+        a = got.get(name)
+        if a is None:
+            row["why"] = f"the target returned no {name!r} (outputs: {', '.join(got)})"
+        elif list(a.shape) != list(ref.shape):
+            row["why"] = f"shape {list(a.shape)}, the reference has {list(ref.shape)}"
+        else:
+            err = rel_l2(a, ref)
+            mx = float(np.abs(a.astype(np.float64) - ref).max()) if ref.size else 0.0
+            row.update(rel_l2=err, max_abs=mx)
+            why = []
+            if not (math.isfinite(err) and err <= bound):
+                why.append(f"relative L2 error {err:.2e} > {bound:.0e}")
+            if match is not None and not match.get(name, False):
+                why.append(f"Polygraphy's element-wise check failed: some |error| > atol {tol['atol']:g} and "
+                           f"> rtol {tol['rtol']:g} x |reference| (max abs {mx:.2e})")
+            row["pass"], row["why"] = not why, "; ".join(why)
+        rows.append(row)
+    return rows
+
+
+def window_curve(got: np.ndarray, ref: np.ndarray, n_windows: int = N_WINDOWS) -> dict:
+    """Relative L2 error per window of positions (axis 1), for the error-along-the-sequence curves."""
+    seq = ref.shape[1]
+    w = max(1, math.ceil(seq / n_windows))
+    ends = list(range(w, seq, w)) + [seq]
+    starts = [0] + ends[:-1]
+    return {"window": w, "positions": ends,
+            "rel_l2": [rel_l2(got[:, s:e], ref[:, s:e]) for s, e in zip(starts, ends)]}
+
+
+# ---------------------------------------------------------------- one precision
+
+class PrecisionCheck:
+    """Every comparison for one precision of one target. `target` provides runner(precision, graph, name),
+    max_seq, chunk, prefill_outputs and shape_problems(graph, feeds) (engine profiles)."""
+
+    def __init__(self, target, model64: LRUModel, precision: str, tol: dict, cache: dict, seed: int,
+                 overrides: tuple = ()):
+        self.t, self.model64, self.cfg, self.prec = target, model64, model64.cfg, precision
+        self.tol, self.cache, self.seed, self.overrides = tol, cache, seed, list(overrides)
+        self.rows: list[dict] = []
+        self.curves: dict = {}
+        self.repro: dict = {}  # graph -> {"cases", "feeds", "gold"}: the Polygraphy reproduction files
+
+    @property
+    def per_position(self) -> bool:
+        return self.cfg.pooling == "none" and self.t.prefill_outputs == "all"
+
+    def _skip(self, case: Case, why: str) -> None:
+        log.info("  [%s] %-44s skipped: %s", self.prec, case.label, why)
+        self.rows.append({"case": case.label, "kind": case.kind, "output": "-", "shape": [], "rel_l2": None,
+                          "max_abs": None, "bound_rel_l2": None, "pass": None, "why": f"skipped: {why}"})
+
+    def _log(self, case: Case, rows: list, seconds: float) -> None:
+        worst = max((r["rel_l2"] for r in rows if r["rel_l2"] is not None), default=float("nan"))
+        log.info("  [%s] %-44s worst rel L2 %.1e  %s (%.2f s)", self.prec, case.label, worst,
+                 "ok" if all(r["pass"] for r in rows) else "MISS", seconds)
+
+    def _runnable(self, cases: list[Case], rng) -> list[tuple[Case, OrderedDict]]:
+        """The cases with their feeds, less those outside an engine's optimization profiles (skipped rows)."""
+        out, xname = [], contract.input_name(self.cfg)
+        for case in cases:
+            feeds = case_feeds(self.cfg, case, rng)
+            why = []
+            for g, n in case.segments or ((case.graph, case.seq),):
+                part = {k: (v[:, :n] if g == "prefill" else v[:, 0]) if k == xname and case.segments else v
+                        for k, v in feeds.items()}
+                why += self.t.shape_problems(g, part)
+            if why:
+                self._skip(case, "; ".join(dict.fromkeys(why)))
+            else:
+                out.append((case, feeds))
+        return out
+
+    def single_calls(self, long_seq: Optional[int], repro_max_bytes: int) -> None:
+        cases = single_cases(self.t.chunk, self.t.max_seq, long_seq)
+        for gi, graph in enumerate(contract.GRAPHS):
+            todo = self._runnable([c for c in cases if c.graph == graph], np.random.default_rng([self.seed, gi]))
+            if not todo:
+                continue
+            log.info("[%s] %s graph: %d single calls (%s)", self.prec, graph, len(todo),
+                     ", ".join(c.label for c, _ in todo))
+            ref = ReferenceRunner(self.model64, graph, self.t.prefill_outputs, self.cache)
+            target = self.t.runner(self.prec, graph, f"{self.t.backend}-{self.prec}-{graph}")
+            got, matches, secs = run_pair(ref, target, [c for c, _ in todo], [f for _, f in todo], self.tol,
+                                          self.prec)
+            repro = self.repro.setdefault(graph, {"cases": [], "feeds": [], "gold": []})
+            for (case, feeds), g, gref, m, sec in zip(todo, got, ref.gold, matches, secs):
+                rows = output_rows(case, g, gref, m, self.tol, self.tol["rel_l2"])
+                self.rows += rows
+                self._log(case, rows, sec)
+                if case.kind == "long" and self.per_position and "outputs" in g \
+                        and g["outputs"].shape == gref["outputs"].shape:
+                    self.curves["long"] = {"case": case.label, **window_curve(g["outputs"], gref["outputs"])}
+                if sum(v.nbytes // 2 for v in gref.values()) <= repro_max_bytes:  # float32 in the file
+                    repro["cases"].append(case.label)
+                    repro["feeds"].append(feeds)
+                    repro["gold"].append(OrderedDict((k, v.astype(np.float32)) for k, v in gref.items()))
+
+    def continuity(self) -> None:
+        todo = self._runnable(continuity_cases(self.t.chunk, self.t.max_seq), np.random.default_rng([self.seed, 7]))
+        for case, feeds in todo:
+            ref = ReferenceRunner(self.model64, "prefill", self.t.prefill_outputs, self.cache)
+            inner = {g: self.t.runner(self.prec, g, f"{self.t.backend}-{self.prec}-{g}")
+                     for g in {g for g, _ in case.segments}}
+            target = SegmentsRunner(self.cfg, inner, case.segments, self.per_position, f"segments-{self.prec}")
+            got, matches, secs = run_pair(ref, target, [case], [feeds], self.tol, self.prec)
+            rows = output_rows(case, got[0], ref.gold[0], matches[0], self.tol, self.tol["rel_l2"])
+            self.rows += rows
+            self._log(case, rows, secs[0])
+
+    def drift(self, steps: int) -> None:
+        """`steps` consecutive steps from a zero state against the reference at every position."""
+        case = Case("drift", "prefill", 1, steps, False, (("step", steps),))
+        todo = self._runnable([case], np.random.default_rng([self.seed, 9]))
+        if not todo:
+            return
+        log.info("[%s] drift: %d consecutive steps through the step graph", self.prec, steps)
+        ref = ReferenceRunner(self.model64, "positions", cache=self.cache)
+        inner = {"step": self.t.runner(self.prec, "step", f"{self.t.backend}-{self.prec}-step")}
+        target = SegmentsRunner(self.cfg, inner, case.segments, True, f"steps-{self.prec}")
+        got, _, secs = run_pair(ref, target, [case], [todo[0][1]], None, self.prec)
+        got, gref = got[0], ref.gold[0]
+        bound = self.tol["drift_rel_l2"]
+        rows = output_rows(case, got, gref, None, self.tol, bound)
+        if rows[0]["rel_l2"] is not None:  # outputs: bound the worst window, not just the whole run
+            curve = window_curve(got["outputs"], gref["outputs"])
+            self.curves["drift"] = {"case": case.label, **curve}
+            worst = max(curve["rel_l2"])
+            rows[0].update(output=f"outputs (worst {curve['window']}-step window)", rel_l2=worst,
+                           rel_l2_whole_run=rows[0]["rel_l2"])
+            if not worst <= bound:
+                rows[0]["pass"] = False
+                rows[0]["why"] = f"relative L2 error {worst:.2e} > {bound:.0e} in the window ending at step " \
+                                 f"{curve['positions'][curve['rel_l2'].index(worst)]}"
+        self.rows += rows
+        self._log(case, rows, secs[0])
+
+
+def emulated_graph_bytes(path: Path) -> bytes:
+    """A bf16 graph's float32 twin that rounds like bf16 (ONNX Runtime's CPU provider has no bf16 MatMul)."""
+    return emulate_reduced(onnx.load(str(path))).SerializeToString()
+
+
+# ---------------------------------------------------------------- targets
+
+@dataclass
+class Target:
+    """An export folder (ONNX Runtime) or an engine folder (TensorRT), read from its manifest."""
+
+    folder: Path
+    kind: str  # export | engines
+    manifest: dict
+    precisions: list
+    max_seq: int
+    chunk: int
+    prefill_outputs: str
+    notes: list
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        return "onnxrt" if self.kind == "export" else "trt"
+
+    def graph_path(self, precision: str, graph: str) -> Path:
+        entries = self.manifest["graphs"][precision] if self.kind == "export" else self.manifest["engines"]
+        return self.folder / entries[graph]["path"]
+
+    def model_source(self, precision: str, graph: str):
+        """What ONNX Runtime loads: the graph's path, or for bf16 the bytes of its emulating float32 twin."""
+        path = self.graph_path(precision, graph)
+        if precision != "bf16":
+            return str(path)
+        key = ("emulated", graph)
+        if key not in self.cache:
+            self.cache[key] = emulated_graph_bytes(path)
+        return self.cache[key]
+
+    def runner(self, precision: str, graph: str, name: str) -> BaseRunner:
+        if self.kind == "engines":
+            from polygraphy.backend.common import BytesFromPath
+            from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+            return TrtRunner(EngineFromBytes(BytesFromPath(str(self.graph_path(precision, graph)))), name=name)
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+        return OnnxrtRunner(SessionFromOnnx(self.model_source(precision, graph), providers=["cpu"]), name=name)
+
+    def shape_problems(self, graph: str, feeds: dict) -> list:
+        if self.kind == "export":
+            return []
+        from .engines import profile_problems
+        return profile_problems(graph, self.manifest["profiles"][graph], {k: list(v.shape) for k, v in feeds.items()})
+
+    def model_entry(self) -> dict:
+        """{"path", "sha256"} of the checkpoint the folder was made from ({} when unknown)."""
+        m = self.manifest.get("model") or self._source_manifest().get("model") or {}
+        return m if isinstance(m, dict) else {}
+
+    def _source_manifest(self) -> dict:
+        src = self.manifest.get("source", {}).get("export_dir")
+        if self.kind != "engines" or not src or not (Path(src) / "manifest.json").is_file():
+            return {}
+        return read_json(Path(src) / "manifest.json")
+
+
+def open_target(folder) -> Target:
+    from .engines import EXPORT_FORMAT, FORMAT, read_engine_manifest, read_export_manifest
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise ParityError(f"{folder} is neither an export folder nor an engine folder (no manifest.json)",
+                          "pass the folder that `lru-deploy export` or `lru-deploy build` wrote")
+    fmt = read_json(folder / "manifest.json").get("format")
+    notes = []
+    if fmt == EXPORT_FORMAT:
+        m = read_export_manifest(folder, verify=False)  # a changed graph is checked as it is, with a note
+        files = {f"{p}/{g}": e for p, gs in m["graphs"].items() for g, e in gs.items()}
+        t = Target(folder, "export", m, list(m["graphs"]), int(m["max_seq"]), int(m.get("chunk", 64)),
+                   m.get("prefill_outputs", "all"), notes)
+    elif fmt == FORMAT:
+        m = read_engine_manifest(folder, verify=False)
+        files = dict(m["engines"])
+        t = Target(folder, "engines", m, [m.get("precision", "fp32")], int(m["max_seq"]), 64,
+                   m.get("prefill_outputs", "all"), notes)
+        t.chunk = int(t._source_manifest().get("chunk", 64))
+    else:
+        raise ParityError(f"{folder}/manifest.json has format {fmt!r}, which `check` does not know",
+                          f"check an export folder ({EXPORT_FORMAT}) or an engine folder ({FORMAT})")
+    for key, e in files.items():
+        if e.get("sha256") and file_sha256(folder / e["path"]) != e["sha256"]:
+            notes.append(f"{key}: {e['path']} differs from the sha256 recorded in the manifest (changed since it "
+                         f"was written); checking the file as it is")
+    return t
+
+
+def tolerances(precision: str, atol: Optional[float] = None, rtol: Optional[float] = None) -> tuple[dict, list]:
+    """The precision's row of contract.TOLERANCES, with CLI overrides applied and announced."""
+    table = dict(contract.TOLERANCES[precision])
+    used, notes = dict(table), []
+    for key, val in (("atol", atol), ("rtol", rtol)):
+        if val is not None and float(val) != table[key]:
+            used[key] = float(val)
+            notes.append(f"tolerance overridden: {key} {short(table[key])} -> {short(val)} "
+                         f"({'LOOSER' if val > table[key] else 'tighter'} than the {precision} table)")
+    return used, notes
+
+
+def short(v: float) -> str:
+    """1e-4, 1.5e-1: tolerances as people write them."""
+    m, e = f"{float(v):.2e}".split("e")
+    return f"{m.rstrip('0').rstrip('.')}e{int(e)}"
+
+
+# ---------------------------------------------------------------- the check
+
+def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Optional[float] = None,
+          rtol: Optional[float] = None, seed: int = 0, long_seq: int = DEFAULT_LONG_SEQ,
+          drift_steps: Optional[int] = None, quick: bool = False) -> dict:
+    """Run every comparison, write the report folder (atomically) and return report.json's content."""
+    from . import parity_report
+    t_start = time.perf_counter()
+    target = open_target(target_dir)
+    drift_steps = drift_steps if drift_steps is not None else QUICK_DRIFT_STEPS if quick else DEFAULT_DRIFT_STEPS
+    precisions = list(dict.fromkeys(precisions or target.precisions))
+    problems = [f"precision {p} is not in this {target.kind} folder (it has {', '.join(target.precisions)})"
+                for p in precisions if p not in target.precisions]
+    for name, v in (("--long-seq", long_seq), ("--drift-steps", drift_steps)):
+        if not (isinstance(v, int) and v >= 1):
+            problems.append(f"{name} must be a positive integer, got {v!r}")
+    for name, v in (("--atol", atol), ("--rtol", rtol)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            problems.append(f"{name} must be a finite number >= 0, got {v!r}")
+    if problems:
+        raise ParityError("cannot check:", "fix the options named above", problems)
+    model_dir, model_sha = resolve_model(target, model_dir)
+    model64 = gold(load_model(model_dir))
+    if model64.cfg.to_dict() != LRUConfig.from_dict(target.manifest["config"]).to_dict():
+        raise ParityError(f"the model at {model_dir} has another config than the one {target.folder} was made from",
+                          "pass --model with the checkpoint this folder was exported from")
+    if target.kind == "engines":
+        from .engines import ensure_compatible, preflight
+        ensure_compatible(target.manifest, preflight(), f"engine folder {target.folder}")
+    if not quick and long_seq > target.max_seq:
+        target.notes.append(f"the long case is clipped to this folder's max_seq {target.max_seq} (--long-seq "
+                            f"{long_seq}); the runtime splits longer prompts, which the continuity cases cover")
+    for note in target.notes:
+        log.warning("note: %s", note)
+    checks, cache = {}, {}
+    for i, prec in enumerate(precisions, 1):
+        tol, overrides = tolerances(prec, atol, rtol)
+        for note in overrides:
+            log.warning("!! %s", note)
+        log.info("[%d/%d] %s: %s against the complex128 reference", i, len(precisions), prec,
+                 "ONNX Runtime" + (" (bf16 emulated in float32)" if prec == "bf16" else "")
+                 if target.kind == "export" else "TensorRT")
+        pc = PrecisionCheck(target, model64, prec, tol, cache, seed, overrides)
+        pc.single_calls(None if quick else long_seq, parity_report.REPRO_MAX_BYTES)
+        pc.continuity()
+        pc.drift(drift_steps)
+        checks[prec] = pc
+    settings = {"seed": seed, "long_seq": None if quick else long_seq, "drift_steps": drift_steps, "quick": quick,
+                "atol": atol, "rtol": rtol}
+    out = Path(report_dir) if report_dir else target.folder / "report"
+    return parity_report.write_report(out, target, {"path": str(Path(model_dir).resolve()), "sha256": model_sha},
+                                      checks, settings, time.perf_counter() - t_start)
+
+
+def resolve_model(target: Target, model_dir) -> tuple[Path, str]:
+    """The model folder (--model, else the one the manifest records), its checkpoint sha256 verified."""
+    entry = target.model_entry()
+    if model_dir is None:
+        if not entry.get("path"):
+            raise ParityError(f"{target.folder}'s manifest does not say which model it was made from",
+                              "pass --model MODEL_DIR")
+        model_dir = entry["path"]
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ParityError(f"the model folder {model_dir} is missing (no config.json)",
+                          "pass --model with the model folder this target was exported from")
+    sha = checkpoint_sha256(model_dir)
+    if entry.get("sha256") and sha != entry["sha256"]:
+        raise ParityError(f"the checkpoint in {model_dir} is not the one {target.folder} was made from:",
+                          "pass --model with the checkpoint this folder was exported from, or export again",
+                          [f"manifest sha256 {entry['sha256']}", f"{model_dir} sha256 {sha}"])
+    return model_dir, sha
+
+
+# ---------------------------------------------------------------- CLI
+
+def register(sub) -> None:
+    s = sub.add_parser("check", help="parity of an export or engine folder against the reference (Polygraphy)",
+                       description="Compare every graph of an export folder (ONNX Runtime) or an engine folder "
+                                   "(TensorRT) with the complex128 reference model through Polygraphy: the shape "
+                                   "matrix, the continuity identities and a long step-by-step drift run. Writes "
+                                   "TARGET/report (report.json, a plot, Polygraphy input/output files). Any miss "
+                                   "exits 1.")
+    s.add_argument("target", help="export folder or engine folder")
+    s.add_argument("--model", help="model folder (default: the one the manifest records)")
+    s.add_argument("--precision", help="comma-separated precisions to check (default: all in the folder)")
+    s.add_argument("--report", help="report folder (default: TARGET/report)")
+    s.add_argument("--atol", type=float, help="override the table's absolute tolerance (announced loudly)")
+    s.add_argument("--rtol", type=float, help="override the table's relative tolerance (announced loudly)")
+    s.add_argument("--seed", type=int, default=0, help="inputs seed (default 0)")
+    s.add_argument("--long-seq", type=int, default=DEFAULT_LONG_SEQ,
+                   help=f"the long prefill case's length (default {DEFAULT_LONG_SEQ})")
+    s.add_argument("--drift-steps", type=int, default=None,
+                   help=f"consecutive steps of the drift run (default {DEFAULT_DRIFT_STEPS}, "
+                        f"{QUICK_DRIFT_STEPS} with --quick)")
+    s.add_argument("--quick", action="store_true", help="no long case, a shorter drift run")
+    s.set_defaults(func=cmd_check)
+
+
+def cmd_check(args) -> int:
+    from .parity_report import console
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
+    report = check(args.target, args.model, precisions, args.report, args.atol, args.rtol, args.seed,
+                   args.long_seq, args.drift_steps, args.quick)
+    print(console(report))
+    return 0 if report["pass"] else 1
