@@ -194,24 +194,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .checkpoints import default_model_dir, load_model, summary
-    from .runtime import ReferenceSession, decode, encode
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    model = load_model(model_dir)
-    s = summary(model)
-    cfg = s["config"]
-    print(f"model {model_dir}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, d_hidden {cfg['d_hidden']}, "
-          f"{s['parameters']:,} parameters, |lambda| in [{s['lambda_abs_min']:.5f}, {s['lambda_abs_max']:.5f}]")
-    sess = ReferenceSession(model)
-    prompt = "def "
-    t0 = time.perf_counter()
-    toks = [int(t[0]) for t in sess.generate(encode(prompt), max_new_tokens=200, temperature=0.8, top_k=20, seed=0)]
-    dt = time.perf_counter() - t0
-    print("--- sample (reference backend, seed 0) ---")
-    print(prompt + decode(toks))
-    print("---")
-    print(f"{len(toks)} tokens in {dt:.2f} s ({len(toks) / dt:.0f} tokens/s, reference float64)")
-    return 0
+    from .demo import run_demo
+    return run_demo(args.model, args.out)
 
 
 if __name__ == "__main__":
