@@ -175,8 +175,8 @@ class _Net:
     def gelu(self, y: str) -> str:
         g = self.g
         half, one = self.W(np.float32(0.5)), self.W(np.float32(1.0))
-        if self.cfg.gelu == "exact":
-            inner = g.op("Erf", g.op("Mul", y, self.W(np.float32(1 / math.sqrt(2)))))
+        if self.cfg.gelu == "exact":  # Div by sqrt(2): the form ONNX Runtime fuses into one Gelu kernel
+            inner = g.op("Erf", g.op("Div", y, self.W(np.float32(math.sqrt(2)))))
         else:
             cube = g.op("Mul", g.op("Mul", y, y), y)
             arg = g.op("Add", y, g.op("Mul", cube, self.W(np.float32(0.044715))))
