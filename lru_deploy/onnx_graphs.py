@@ -198,7 +198,9 @@ class _Net:
         skip = (g.op("Mul", xr, self.W(lw.D, "D")) if self.cfg.skip == "diagonal"
                 else g.op("MatMul", xr, self.W(lw.D.T, "D")))
         h = self.gelu(g.op("Add", y, skip))
-        a, b = g.op("Split", self.linear(h, lw.W12, lw.b12, "glu"), axis=-1, num_outputs=2, n_out=2)
+        H = self.cfg.d_model  # two Gemms, not one and a Split: a Split is one more pass over [positions, 2H]
+        a = self.linear(h, lw.W12[:, :H], lw.b12[:H], "glu_a")
+        b = self.linear(h, lw.W12[:, H:], lw.b12[H:], "glu_b")
         z = g.op("Mul", a, g.op("Sigmoid", b))
         u = g.op("Add", u, self.to_f32(z))
         return u if self.cfg.prenorm else self.norm(u, lw)
