@@ -261,6 +261,13 @@ def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max
         x = g.op("Transpose", x, perm=[2, 0, 1] + ([3] if feat else []))
     shape_tbc = g.op("Concat", g.i64([T]), B1, g.i64([-1]), axis=0)  # [T, B, C]
     n_scan = max(1, math.ceil(math.log2(math.ceil(max_seq / T) + 1)))
+    # Scan step j shifts the C+1 chunk states by k = 2^j: Pad min(k, C+1) zeros in front, keep the first C+1
+    # (padding k would build rows of C+1+k: 17x the data at seq 4096, T 32, k 2048; slicing first would make
+    # an empty tensor once k > C).
+    C1 = g.op("Add", C, g.i64(1))
+    C1v = g.op("Unsqueeze", C1, g.i64([0]))
+    shift_pads = [g.op("Concat", g.i64([0, 0, 0]), g.op("Unsqueeze", g.op("Min", g.i64(2 ** j), C1), g.i64([0])),
+                       g.i64([0, 0, 0, 0]), axis=0) for j in range(n_scan)] if not floor else []
 
     u = g.op("Reshape", net.encode(x), g.i64([-1, H]))  # residual stream [positions, H]
     finals = []
@@ -286,8 +293,7 @@ def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max
             for j in range(n_scan):  # Hillis-Steele over chunk ends; shifts beyond C+1 add zeros
                 k = 2 ** j
                 A, Bm = _planes_nm(lam_pow(lw.lam, T * k), (N, 2, 1, 1))
-                sh = g.op("Slice", g.op("Pad", Sx, g.i64([0, 0, 0, k, 0, 0, 0, 0]), mode="constant"),
-                          g.i64([0]), g.i64([-k]), g.i64([3]))
+                sh = g.op("Slice", g.op("Pad", Sx, shift_pads[j], mode="constant"), g.i64([0]), C1v, g.i64([3]))
                 sw = g.op("Gather", sh, g.i64([1, 0]), axis=1)
                 Sx = g.op("Add", Sx, g.op("Add", g.op("Mul", sh, g.const(A)), g.op("Mul", sw, g.const(Bm))))
             carry = g.op("Reshape", g.op("Slice", Sx, g.i64([0]), g.i64([-1]), g.i64([3])), g.i64([N, 2, -1]))
