@@ -219,8 +219,10 @@ def validate_graphs(model64: LRUModel, graphs: dict, precision: str, cases: list
 
 def tool_versions() -> dict:
     import onnxruntime
+    import polygraphy
     return {"lru_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
+            "onnxruntime": onnxruntime.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
 
 
 def resolve_model_dir(model_dir) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import shlex
 import shutil
 import time
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, contract
+from . import contract
+from .export import tool_versions
 from .checkpoints import make_temp_dir, replace_dir
 
 log = logging.getLogger(__name__)
@@ -208,14 +208,6 @@ def console(report: dict) -> str:
         lines.append(f"FAIL: {len(report['failures'])} miss(es):")
         lines += [f"  - {f}" for f in report["failures"]]
     return "\n".join(lines)
-
-
-def tool_versions() -> dict:
-    import onnxruntime
-    import polygraphy
-    import torch
-    return {"lru_deploy": __version__, "polygraphy": polygraphy.__version__, "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _clean(o):
