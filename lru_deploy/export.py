@@ -31,6 +31,9 @@ from .model import LRUModel, gold
 from .onnx_graphs import INTRA, build_prefill, build_step
 
 log = logging.getLogger(__name__)
+# T = 32 measured faster than 64 on the CPU at batch 1 (1.38x vs 1.45x the projections floor at seq 4096),
+# equal at batch 8, and the prefill graph is 13-26 MB smaller (benchmarks/RESULTS.md). Unmeasured on a GPU.
+DEFAULT_CHUNK = 32
 OPSETS = (18, 19, 20)  # 18: Split(num_outputs) and LayerNormalization; TensorRT 10 parses up to 20
 
 
@@ -153,18 +156,22 @@ def emulate_reduced(m: onnx.ModelProto, elem_type: int = onnx.TensorProto.BFLOAT
     return out
 
 
-def ort_session(model: onnx.ModelProto | str | Path, precision: str, threads: int = 0):
-    """An ONNX Runtime CPU session; bf16 runs emulated. Returns (session, mode)."""
+def ort_session(model: onnx.ModelProto | str | Path, precision: str, threads: int = 0,
+                providers: Optional[list] = None):
+    """The one place ONNX Runtime sessions are configured (options measured in benchmarks/RESULTS.md: the
+    defaults won). CPU unless providers say otherwise; bf16 on the CPU runs emulated. Returns (session, mode)."""
     import onnxruntime as ort
-    m = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+    providers = list(providers or ["CPUExecutionProvider"])
     mode = "native"
-    if precision == "bf16":
-        m, mode = emulate_reduced(m), "bf16-emulated"
+    if precision == "bf16" and providers[0] == "CPUExecutionProvider":
+        m = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+        model, mode = emulate_reduced(m), "bf16-emulated"
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 3  # errors only; warnings about providers and initializers are noise here
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]), mode
+    src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=providers), mode
 
 
 def run_session(sess, feeds: dict) -> dict:
@@ -231,7 +238,7 @@ def resolve_model_dir(model_dir) -> Path:
     return Path(model_dir)
 
 
-def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: int = 64, max_seq: int = 65536,
+def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: int = DEFAULT_CHUNK, max_seq: int = 65536,
                  opset: int = 18, prefill_outputs: str = "all", intra: str = "toeplitz", validate: bool = True,
                  long_seq: int = 4096, lint: bool = True) -> Path:
     """Export, validate and lint; returns the export folder. Raises ExportError listing every failure."""
@@ -336,7 +343,7 @@ def register(sub) -> None:
     s.add_argument("model_dir", nargs="?", default="default", help="model folder (default: the bundled model)")
     s.add_argument("--out", help="export folder (default: export/<model name>)")
     s.add_argument("--precision", default="fp32,fp16", help="comma-separated: fp32, fp16, bf16 (default fp32,fp16)")
-    s.add_argument("--chunk", type=int, default=64, help="scan chunk T (default 64)")
+    s.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help=f"scan chunk T (default {DEFAULT_CHUNK})")
     s.add_argument("--max-seq", type=int, default=65536, help="longest prefill one call takes (default 65536)")
     s.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-20 (default 18)")
     s.add_argument("--prefill-outputs", choices=("all", "last"), default="all",

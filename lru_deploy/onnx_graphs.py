@@ -227,7 +227,7 @@ class _Net:
         return m
 
 
-def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 64, max_seq: int = 65536,
+def build_prefill(model: LRUModel, precision: str = "fp32", chunk: int = 32, max_seq: int = 65536,
                   opset: int = 18, prefill_outputs: str = "all", intra: str = "toeplitz",
                   floor: bool = False) -> onnx.ModelProto:
     """The chunked parallel-scan prefill graph. `model` should be float64 (lru_deploy.model.gold).

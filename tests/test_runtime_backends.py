@@ -113,6 +113,28 @@ def test_onnxruntime_fp16_within_the_precision_tolerance(tiny, lru):
     assert rel_l2 <= contract.TOLERANCES["fp16"]["rel_l2"], rel_l2
 
 
+def test_onnxruntime_bf16_runs_emulated_within_tolerance(tmp_path, lru):
+    model = lru.make_model(lru.small_config(), seed=8)
+    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", precisions=("bf16",), chunk=4,
+                          max_seq=64, validate=False, lint=False)
+    sess = OnnxruntimeSession(export, precision="bf16")
+    assert sess.mode == "bf16-emulated"
+    ids = lru.random_inputs(model.cfg, 2, 20, seed=4)
+    got, _ = sess.prefill(ids)
+    want, _ = ReferenceSession(model).prefill(ids)
+    rel_l2 = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert rel_l2 <= contract.TOLERANCES["bf16"]["rel_l2"], rel_l2
+
+
+def test_cpu_prefill_split_defaults_to_4096(tmp_path, lru):
+    model = lru.make_model(lru.small_config(), seed=8)
+    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", precisions=("fp32",), chunk=4,
+                          max_seq=10000, validate=False, lint=False)
+    assert OnnxruntimeSession(export).max_seq == 4096
+    assert OnnxruntimeSession(export, split=None).max_seq == 10000
+    assert OnnxruntimeSession(export, split=100).max_seq == 100
+
+
 def test_same_tokens_on_reference_and_onnxruntime(tiny, lru):
     model, _, export = tiny
     prompts = lru.random_inputs(model.cfg, 3, 21, seed=5)  # longer than max_seq: split
