@@ -360,3 +360,27 @@ def test_imported_minimal_lru_exports(tmp_path):
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     np.testing.assert_allclose(got["outputs"], np.load(FIXTURES / name / "expected.npy"), atol=1e-4, rtol=0)
     np.testing.assert_allclose(got["pool_count_out"], np.full((2, 1), 20.0, np.float32), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", MINIMAL)
+def test_imported_minimal_lru_export_and_check_agree_with_flax(name, tmp_path):
+    """Done-means of the importer issue: import, export (validated, linted), check; all within 1e-4 of minimal-LRU."""
+    from lru_deploy.export import export_model, ort_session, run_session
+    from lru_deploy.parity import check
+    m = meta(name)
+    model_dir = tmp_path / "model"
+    flags = ["--prenorm" if m["prenorm"] else "--postnorm", "--pooling", m["pooling"]]
+    assert main(["import", "minimal-lru", str(FIXTURES / name / "params.msgpack"), *flags,
+                 "--out", str(model_dir)]) == 0
+    out = export_model(model_dir, tmp_path / "export", precisions=("fp32",), chunk=8, max_seq=256, long_seq=100)
+    cfg = load_model(model_dir).cfg
+    x = np.load(FIXTURES / name / "inputs.npy")
+    feeds = {"inputs": x, "state": np.zeros((x.shape[0], cfg.n_layers, 2, cfg.d_hidden), np.float32)}
+    if cfg.pooling == "mean":
+        feeds.update(pool_sum=np.zeros((x.shape[0], cfg.d_model), np.float32),
+                     pool_count=np.zeros((x.shape[0], 1), np.float32))
+    sess, _ = ort_session(out / "fp32" / "prefill.onnx", "fp32")
+    got = run_session(sess, feeds)["outputs"]
+    np.testing.assert_allclose(got, np.load(FIXTURES / name / "expected.npy"), atol=1e-4, rtol=0)
+    report = check(out, quick=True, drift_steps=200)
+    assert report["pass"], report["failures"]
