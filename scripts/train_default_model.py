@@ -236,9 +236,10 @@ Sample, {args.sample_bytes} bytes from the prompt `{PROMPT}` at temperature {arg
 {command}
 ```
 
-The run is budgeted by wall time, so the step count (and the weights) depend on the machine's speed and load
-(this run: {r['steps']:,} steps). `--steps N` trains exactly N steps with the cosine decay over steps instead of time,
-which repeats bit for bit on the same torch build and thread count.
+{"With --steps the run repeats bit for bit on the same torch build and thread count." if args.steps else
+"This run was budgeted by wall time (--minutes), so its step count and weights depend on the machine's speed and load;"
+" --steps N trains exactly N steps and repeats bit for bit on the same torch build and thread count."}
+This run: {r['steps']:,} steps.
 """
 
 
