@@ -61,7 +61,7 @@ def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 1
         skipped.append("TensorRT build and check: " + "; ".join(e.problems or [e.message]))
         _say("skipped: " + "; ".join(e.problems or [e.message]))
     else:
-        eng = build_engines(out_dir, precision="fp16")
+        eng, _ = build_engines(out_dir, precision="fp16")
         rep_trt = check(eng)
         _say(console(rep_trt))
         (verified if rep_trt["pass"] else failed).append(f"TensorRT fp16 engines {eng}: check "
