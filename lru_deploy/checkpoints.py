@@ -13,6 +13,7 @@ the folder is written beside its destination and renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -192,15 +193,10 @@ def save_model(model: LRUModel, out_dir: str | os.PathLike, overwrite: bool = Fa
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"{out_dir} exists and is not empty", "choose another --out or remove the folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as tmp:
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "lru-deploy-native-v1"})
         (tmp / CONFIG_FILE).write_text(model.cfg.to_json() + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved model to %s", out_dir)
     return out_dir
 
@@ -219,7 +215,22 @@ def atomic_write(path: str | os.PathLike, writer) -> Path:
     return path
 
 
-def make_temp_dir(dest: Path) -> Path:
+@contextlib.contextmanager
+def staged_dir(dest: Path) -> Iterator[Path]:
+    """Write a folder atomically: the body fills a temporary folder beside dest, which replaces dest only when
+    the body finishes; on any error the temporary folder is removed and dest is left as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _make_temp_dir(dest)
+    try:
+        yield tmp
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _make_temp_dir(dest: Path) -> Path:
     """A temporary folder beside dest (same file system, so the final rename is atomic), with normal permissions."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     umask = os.umask(0)
@@ -228,7 +239,7 @@ def make_temp_dir(dest: Path) -> Path:
     return tmp
 
 
-def replace_dir(tmp: Path, dest: Path) -> None:
+def _replace_dir(tmp: Path, dest: Path) -> None:
     """Rename tmp to dest; an existing dest is moved aside first and removed only after the rename."""
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import contract
-from .checkpoints import file_sha256, make_temp_dir, replace_dir
+from .checkpoints import file_sha256, staged_dir
 from .errors import EngineError, ExportError, InputError
 from .model import LRUConfig
 
@@ -434,8 +434,7 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
     onnx = {g: export_dir / graphs[g]["path"] for g in contract.GRAPHS}
     plans = {g: out / f"{g}.plan" for g in contract.GRAPHS}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out)
-    try:
+    with staged_dir(out) as tmp:
         entries, timings = {}, {}
         for i, g in enumerate(contract.GRAPHS, 1):
             log.info("[%d/%d] building the %s engine from %s (%s)", i, len(contract.GRAPHS), g, onnx[g], precision)
@@ -463,10 +462,6 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
             "build_seconds": timings, "trtexec": commands,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, manifest
 
 

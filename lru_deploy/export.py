@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ import onnx
 import torch
 
 from . import __version__, contract
-from .checkpoints import (atomic_write, checkpoint_sha256, default_model_dir, file_sha256, load_model, make_temp_dir,
-                          replace_dir)
+from .checkpoints import atomic_write, checkpoint_sha256, default_model_dir, file_sha256, load_model, staged_dir
 from .errors import ExportError
 from .model import LRUModel, gold
 from .onnx_graphs import INTRA, build_prefill, build_step
@@ -263,9 +261,7 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
     model64 = gold(load_model(model_dir))
     name = model_dir.resolve().name
     out_dir = Path(out_dir) if out_dir else Path("export") / name
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as tmp:
         manifest = _export_into(tmp, model_dir, model64, name, precisions, chunk, max_seq, opset, prefill_outputs,
                                 intra, validate, long_seq)
         if lint:
@@ -277,10 +273,6 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
                                   "lru-deploy's exporter; please report it with the table below",
                                   [report.table()])
         _write_json(tmp / "manifest.json", manifest)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("export written to %s", out_dir)
     return out_dir
 

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import shlex
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from . import contract
 from .export import tool_versions
-from .checkpoints import make_temp_dir, replace_dir
+from .checkpoints import staged_dir
 
 log = logging.getLogger(__name__)
 FORMAT = "lru-deploy-parity-v1"
@@ -34,8 +33,7 @@ def write_report(out: Path, target, model: dict, checks: dict, settings: dict, s
     """Write the report folder `out` atomically; returns report.json's content."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out)
-    try:
+    with staged_dir(out) as tmp:
         precisions = {}
         for prec, pc in checks.items():
             (tmp / prec).mkdir()
@@ -56,10 +54,6 @@ def write_report(out: Path, target, model: dict, checks: dict, settings: dict, s
             "tools": tool_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("report written to %s", out)
     return report
 
