@@ -13,21 +13,18 @@ the folder is written beside its destination and renamed into place.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
 from .errors import CheckpointError, ConfigError
+from .files import default_file_mode, file_sha256, read_json, staged_dir  # noqa: F401  (read_json, file_sha256: re-exported)
 from .model import LRUConfig, LRUModel
 
 log = logging.getLogger(__name__)
@@ -131,7 +128,7 @@ def load_config(path: str | os.PathLike) -> LRUConfig:
                               "a model folder holds config.json and model.safetensors; create one with "
                               "`lru-deploy init` or `lru-deploy import`")
     try:
-        return LRUConfig.from_json(path.read_text())
+        return LRUConfig.from_dict(read_json(path, "model config", CheckpointError))
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e.message}", e.hint, e.problems) from None
 
@@ -192,74 +189,14 @@ def save_model(model: LRUModel, out_dir: str | os.PathLike, overwrite: bool = Fa
         raise CheckpointError(f"{out_dir} exists and is a file, not a folder", "choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"{out_dir} exists and is not empty", "choose another --out or remove the folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, "model", overwrite=overwrite, mark=False) as tmp:
         sd = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "lru-deploy-native-v1"})
         (tmp / CONFIG_FILE).write_text(model.cfg.to_json() + "\n")
+        for f in (WEIGHTS_FILE, CONFIG_FILE):  # one file mode for both, whatever the writer library chose
+            os.chmod(tmp / f, default_file_mode())
     log.info("saved model to %s", out_dir)
     return out_dir
-
-
-def atomic_write(path: str | os.PathLike, writer) -> Path:
-    """writer(tmp_path) writes a file beside `path`, which is then renamed over `path`; nothing is left on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        writer(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-@contextlib.contextmanager
-def staged_dir(dest: Path) -> Iterator[Path]:
-    """Write a folder atomically: the body fills a temporary folder beside dest, which replaces dest only when
-    the body finishes; on any error the temporary folder is removed and dest is left as it was."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(dest)
-    try:
-        yield tmp
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _make_temp_dir(dest: Path) -> Path:
-    """A temporary folder beside dest (same file system, so the final rename is atomic), with normal permissions."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Rename tmp to dest; an existing dest is moved aside first and removed only after the rename."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.rename(dest, old)
-        try:
-            os.rename(tmp, dest)
-        except BaseException:
-            os.rename(old, dest)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dest)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_sha256(model_dir: str | os.PathLike) -> str:
@@ -281,10 +218,3 @@ def summary(model: LRUModel) -> dict:
         "lambda_abs_max": float(mod.max()),
         "half_life_max_steps": float(math.log(0.5) / math.log(float(mod.max()))) if float(mod.max()) > 0 else 0.0,
     }
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}", "pass an existing, valid JSON file") from None

@@ -148,15 +148,15 @@ def load_state_file(path: str) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .checkpoints import atomic_write
+    from .files import atomic_write
     from .runtime import open_session
     sess = open_session(args.target, args.backend)
     x = load_array(args.inputs, "inputs")
     state = load_state_file(args.state) if args.state else None
     out, st = sess.prefill(x, state)
-    atomic_write(args.output, lambda f: np.save(f, out))
+    atomic_write(args.output, lambda f: np.save(f, out), what="--output")
     if args.state_out:
-        atomic_write(args.state_out, lambda f: np.savez(f, **st))
+        atomic_write(args.state_out, lambda f: np.savez(f, **st), what="--state-out")
     print(f"outputs {list(out.shape)} -> {args.output}" + (f"; state -> {args.state_out}" if args.state_out else ""))
     return 0
 

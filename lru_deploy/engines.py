@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import contract
-from .checkpoints import file_sha256, staged_dir
+from .files import check_destination, file_sha256, staged_dir
 from .errors import EngineError, ExportError, InputError
 from .model import LRUConfig
 
@@ -408,7 +408,7 @@ def _progress_monitor(trt, label: str):
 def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAULT_BATCH, seq=None, *,
                   timing_cache: Optional[str] = None, opt_level: Optional[int] = None,
                   hardware_compat: str = "none", version_compatible: bool = False, tf32: bool = False,
-                  workspace_gib: Optional[float] = None, device: int = 0) -> tuple[Path, dict]:
+                  workspace_gib: Optional[float] = None, device: int = 0, overwrite: bool = False) -> tuple[Path, dict]:
     """Build prefill.plan and step.plan and the engine manifest; the folder appears whole or not at all.
 
     batch and seq are (min, opt, max); seq defaults to DEFAULT_SEQ clipped to the export's max_seq.
@@ -427,14 +427,14 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
                          f"use --seq MIN:OPT:{export_max} or export again with a larger --max-seq")
     profiles = profile_shapes(cfg, batch, seq)
     out = Path(out_dir) if out_dir else default_engine_dir(src.get("name", "model"), running.gpu_name, precision)
-    _check_out_dir(out)
+    check_destination(out, "build", reads=[export_dir / MANIFEST], overwrite=overwrite)
     settings = dict(tf32=tf32, opt_level=opt_level, hardware_compat=hardware_compat,
                     version_compatible=version_compatible, workspace_gib=workspace_gib, timing_cache=timing_cache)
     graphs = src["graphs"][precision]
     onnx = {g: export_dir / graphs[g]["path"] for g in contract.GRAPHS}
     plans = {g: out / f"{g}.plan" for g in contract.GRAPHS}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(out) as tmp:
+    reads = [export_dir / MANIFEST, *onnx.values()]
+    with staged_dir(out, "build", reads=reads, overwrite=overwrite) as tmp:
         entries, timings = {}, {}
         for i, g in enumerate(contract.GRAPHS, 1):
             log.info("[%d/%d] building the %s engine from %s (%s)", i, len(contract.GRAPHS), g, onnx[g], precision)
@@ -465,22 +465,6 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
     return out, manifest
 
 
-def _check_out_dir(out: Path) -> None:
-    """Replace only an empty folder or an earlier engine folder, never an unrelated one."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder", "choose another --out")
-    if any(out.iterdir()):
-        try:
-            fmt = json.loads((out / MANIFEST).read_text()).get("format")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            fmt = None
-        if fmt != FORMAT:
-            raise InputError(f"--out {out} is a non-empty folder that is not an engine folder",
-                             "choose another --out; lru-deploy only replaces its own engine folders")
-
-
 # ---------------------------------------------------------------- CLI
 
 def register(sub) -> None:
@@ -506,6 +490,8 @@ def register(sub) -> None:
     s.set_defaults(tf32=False)
     s.add_argument("--workspace", type=float, default=None, metavar="GIB", help="builder workspace limit in GiB")
     s.add_argument("--device", type=int, default=0, help="CUDA device index")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it holds files that `build` did not write")
     s.set_defaults(func=cmd_build)
 
 
@@ -515,7 +501,7 @@ def cmd_build(args) -> int:
     out, m = build_engines(args.export_dir, args.out, args.precision, batch, seq, timing_cache=args.timing_cache,
                            opt_level=args.opt_level, hardware_compat=args.hardware_compat,
                            version_compatible=args.version_compatible, tf32=args.tf32,
-                           workspace_gib=args.workspace, device=args.device)
+                           workspace_gib=args.workspace, device=args.device, overwrite=args.overwrite)
     print(f"wrote {out}: prefill.plan, step.plan, {MANIFEST} ({m['gpu']['name']}, compute capability "
           f"{m['gpu']['compute_capability']}, TensorRT {m['tensorrt']['version']}, {m['precision']}, "
           f"tf32 {'on' if m['tf32'] else 'off'})")

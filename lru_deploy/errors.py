@@ -43,3 +43,7 @@ class ParityError(LRUDeployError):
 
 class EngineError(LRUDeployError):
     pass
+
+
+class OutputError(LRUDeployError):
+    """A destination that cannot or must not be written (it holds other data, it is a file, it is read-only)."""

@@ -10,7 +10,6 @@ computes in float32 between Casts that round its inputs and outputs to bf16.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -23,7 +22,8 @@ import onnx
 import torch
 
 from . import __version__, contract
-from .checkpoints import atomic_write, checkpoint_sha256, default_model_dir, file_sha256, load_model, staged_dir
+from .checkpoints import checkpoint_sha256, default_model_dir, load_model
+from .files import file_sha256, staged_dir, write_json
 from .errors import ExportError
 from .model import LRUModel, gold
 from .onnx_graphs import INTRA, build_prefill, build_step
@@ -238,7 +238,7 @@ def resolve_model_dir(model_dir) -> Path:
 
 def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: int = DEFAULT_CHUNK, max_seq: int = 65536,
                  opset: int = 18, prefill_outputs: str = "all", intra: str = "toeplitz", validate: bool = True,
-                 long_seq: int = 4096, lint: bool = True) -> Path:
+                 long_seq: int = 4096, lint: bool = True, overwrite: bool = False) -> Path:
     """Export, validate and lint; returns the export folder. Raises ExportError listing every failure."""
     model_dir = resolve_model_dir(model_dir)
     problems = []
@@ -261,7 +261,7 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
     model64 = gold(load_model(model_dir))
     name = model_dir.resolve().name
     out_dir = Path(out_dir) if out_dir else Path("export") / name
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, "export", reads=[model_dir], overwrite=overwrite) as tmp:
         manifest = _export_into(tmp, model_dir, model64, name, precisions, chunk, max_seq, opset, prefill_outputs,
                                 intra, validate, long_seq)
         if lint:
@@ -272,7 +272,7 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
                 raise ExportError("the exported graphs fail the TensorRT-readiness lint:", "this is a bug in "
                                   "lru-deploy's exporter; please report it with the table below",
                                   [report.table()])
-        _write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / "manifest.json", manifest, "export manifest")
     log.info("export written to %s", out_dir)
     return out_dir
 
@@ -323,10 +323,6 @@ def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, preci
     }
 
 
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: Path(f).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 def register(sub) -> None:
     s = sub.add_parser("export", help="export prefill and step ONNX graphs per precision, validated and linted",
                        description="Write EXPORT_DIR/<precision>/{prefill,step}.onnx and manifest.json. Every graph "
@@ -343,12 +339,15 @@ def register(sub) -> None:
     s.add_argument("--intra", choices=INTRA, default="toeplitz", help="intra-chunk scan formulation")
     s.add_argument("--long-seq", type=int, default=4096, help="the long validation case's length (default 4096)")
     s.add_argument("--no-validate", action="store_true", help="skip validation (not recommended)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it holds files that `export` did not write")
     s.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     out = export_model(args.model_dir, args.out, precisions, args.chunk, args.max_seq, args.opset,
-                       args.prefill_outputs, args.intra, not args.no_validate, args.long_seq)
+                       args.prefill_outputs, args.intra, not args.no_validate, args.long_seq,
+                       overwrite=args.overwrite)
     print(f"exported {', '.join(precisions)} to {out}")
     return 0

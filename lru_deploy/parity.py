@@ -33,6 +33,7 @@ from polygraphy.backend.base import BaseRunner
 from . import contract
 from .checkpoints import checkpoint_sha256, file_sha256, load_model, read_json
 from .errors import ParityError
+from .files import check_destination
 from .export import emulate_reduced, random_inputs, rel_l2
 from .model import LRUConfig, LRUModel, gold
 from .parity_runners import ReferenceRunner, SegmentsRunner, run_pair
@@ -296,6 +297,11 @@ class Target:
         from .engines import profile_problems
         return profile_problems(graph, self.manifest["profiles"][graph], {k: list(v.shape) for k, v in feeds.items()})
 
+    def input_paths(self) -> list[Path]:
+        """The files `check` reads from the folder: a report must not replace any of them."""
+        return [self.folder / "manifest.json"] + [self.graph_path(p, g) for p in self.precisions
+                                                  for g in contract.GRAPHS]
+
     def model_entry(self) -> dict:
         """{"path", "sha256"} of the checkpoint the folder was made from ({} when unknown)."""
         m = self.manifest.get("model") or self._source_manifest().get("model") or {}
@@ -359,7 +365,7 @@ def short(v: float) -> str:
 
 def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Optional[float] = None,
           rtol: Optional[float] = None, seed: int = 0, long_seq: int = DEFAULT_LONG_SEQ,
-          drift_steps: Optional[int] = None, quick: bool = False) -> dict:
+          drift_steps: Optional[int] = None, quick: bool = False, overwrite: bool = False) -> dict:
     """Run every comparison, write the report folder (atomically) and return report.json's content."""
     from . import parity_report
     t_start = time.perf_counter()
@@ -377,6 +383,8 @@ def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Op
     if problems:
         raise ParityError("cannot check:", "fix the options named above", problems)
     model_dir, model_sha = resolve_model(target, model_dir)
+    out = Path(report_dir) if report_dir else target.folder / "report"
+    check_destination(out, "check", reads=target.input_paths() + [model_dir], overwrite=overwrite, flag="--report")
     model64 = gold(load_model(model_dir))
     if model64.cfg.to_dict() != LRUConfig.from_dict(target.manifest["config"]).to_dict():
         raise ParityError(f"the model at {model_dir} has another config than the one {target.folder} was made from",
@@ -404,9 +412,8 @@ def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Op
         checks[prec] = pc
     settings = {"seed": seed, "long_seq": None if quick else long_seq, "drift_steps": drift_steps, "quick": quick,
                 "atol": atol, "rtol": rtol}
-    out = Path(report_dir) if report_dir else target.folder / "report"
     return parity_report.write_report(out, target, {"path": str(Path(model_dir).resolve()), "sha256": model_sha},
-                                      checks, settings, time.perf_counter() - t_start)
+                                      checks, settings, time.perf_counter() - t_start, overwrite=overwrite)
 
 
 def resolve_model(target: Target, model_dir) -> tuple[Path, str]:
@@ -451,6 +458,8 @@ def register(sub) -> None:
                    help=f"consecutive steps of the drift run (default {DEFAULT_DRIFT_STEPS}, "
                         f"{QUICK_DRIFT_STEPS} with --quick)")
     s.add_argument("--quick", action="store_true", help="no long case, a shorter drift run")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace --report even if it holds files that `check` did not write")
     s.set_defaults(func=cmd_check)
 
 
@@ -458,6 +467,6 @@ def cmd_check(args) -> int:
     from .parity_report import console
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
     report = check(args.target, args.model, precisions, args.report, args.atol, args.rtol, args.seed,
-                   args.long_seq, args.drift_steps, args.quick)
+                   args.long_seq, args.drift_steps, args.quick, overwrite=args.overwrite)
     print(console(report))
     return 0 if report["pass"] else 1

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import contract
 from .export import tool_versions
-from .checkpoints import staged_dir
+from .files import staged_dir
 
 log = logging.getLogger(__name__)
 FORMAT = "lru-deploy-parity-v1"
@@ -29,11 +29,12 @@ REPRO_MAX_BYTES = 8 << 20  # a case goes into the Polygraphy files when its floa
 PLOT = "error_along_sequence.png"
 
 
-def write_report(out: Path, target, model: dict, checks: dict, settings: dict, seconds: float) -> dict:
+def write_report(out: Path, target, model: dict, checks: dict, settings: dict, seconds: float,
+                 overwrite: bool = False) -> dict:
     """Write the report folder `out` atomically; returns report.json's content."""
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with staged_dir(out) as tmp:
+    with staged_dir(out, "check", reads=target.input_paths() + [model["path"]], overwrite=overwrite,
+                    flag="--report") as tmp:
         precisions = {}
         for prec, pc in checks.items():
             (tmp / prec).mkdir()

@@ -16,7 +16,7 @@ from lru_deploy import checkpoints
 from lru_deploy.checkpoints import (CONFIG_FILE, WEIGHTS_FILE, checkpoint_sha256, expected_shapes, file_sha256,
                                     load_config, load_model, load_weights_file, model_from_state_dict,
                                     save_model, state_dict_problems, summary)
-from lru_deploy.errors import CheckpointError, LRUDeployError
+from lru_deploy.errors import CheckpointError, LRUDeployError, OutputError
 from lru_deploy.model import LRUConfig, LRUModel, gold
 
 
@@ -120,7 +120,7 @@ def test_failed_save_leaves_nothing(lru, tmp_path, monkeypatch):
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         save_model(model, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
 
@@ -135,7 +135,7 @@ def test_failed_overwrite_keeps_the_old_folder(lru, tmp_path, monkeypatch):
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError):
         save_model(new, tmp_path / "m", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
@@ -271,8 +271,7 @@ def test_config_json_not_json(good, tmp_path):
         load_config(folder)
 
 
-@pytest.mark.parametrize("case", ["not json", "json list", "missing weights file", "read_json missing",
-                                  "save invalid"])
+@pytest.mark.parametrize("case", ["not json", "json list", "missing weights file", "save invalid"])
 def test_every_user_error_has_a_hint(good, tmp_path, case):
     cfg, sd = good
     folder = _write_folder(tmp_path / "m", cfg.to_dict(), sd)
@@ -285,8 +284,6 @@ def test_every_user_error_has_a_hint(good, tmp_path, case):
             load_model(folder)
         elif case == "missing weights file":
             load_weights_file(tmp_path / "missing.pt")
-        elif case == "read_json missing":
-            checkpoints.read_json(tmp_path / "missing.json")
         else:
             model = LRUModel(cfg)
             with torch.no_grad():

@@ -303,3 +303,66 @@ def test_console_script(tmp_path, capsys):
     assert bad.returncode == 1
     assert "values in [1, 7], want [0, 5]" in bad.stderr and "hint:" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------- writing commands never destroy data
+def _export_args(model, out, *more):
+    return ["export", str(model), "--out", str(out), "--max-seq", "64", "--long-seq", "40", *map(str, more)]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_into_its_own_model_folder_is_refused_and_the_model_kept(tmp_path, capsys):
+    model = _init(tmp_path, capsys, vocab_size=11, d_model=4, d_hidden=3, n_layers=1, d_output=11)
+    before = _snapshot(model)
+    for out in (model, model / "sub", tmp_path):
+        err = _user_error(capsys, _export_args(model, out, "--overwrite"))
+        assert "input" in err, err
+    assert _snapshot(model) == before
+
+
+def test_writing_commands_refuse_folders_with_other_data_and_replace_their_own(tmp_path, capsys):
+    model = _init(tmp_path, capsys, vocab_size=11, d_model=4, d_hidden=3, n_layers=1, d_output=11)
+    exp = tmp_path / "exp"
+    assert cli.main(_export_args(model, exp, "--precision", "fp32")) == 0
+    assert cli.main(_export_args(model, exp, "--precision", "fp32")) == 0  # its own folder: replaced
+    assert cli.main(["check", str(exp), "--quick", "--drift-steps", "20"]) == 0  # report inside the export
+    capsys.readouterr()
+    before = _snapshot(exp)
+    err = _user_error(capsys, ["check", str(exp), "--quick", "--report", str(exp)])
+    assert "input" in err
+    assert _snapshot(exp) == before
+    (exp / "notes.txt").write_text("mine")
+    err = _user_error(capsys, _export_args(model, exp, "--precision", "fp32"))
+    assert "notes.txt" in err and "--overwrite" in err
+    for cmd in (["check", str(exp), "--quick", "--report", str(tmp_path / "userdir")],
+                ["demo", "--out", str(tmp_path / "userdir")]):
+        (tmp_path / "userdir").mkdir(exist_ok=True)
+        (tmp_path / "userdir" / "keep.txt").write_text("keep")
+        err = _user_error(capsys, cmd)
+        assert "keep.txt" in err and (tmp_path / "userdir" / "keep.txt").read_text() == "keep"
+    afile = tmp_path / "afile.txt"
+    afile.write_text("data")
+    err = _user_error(capsys, _export_args(model, afile, "--precision", "fp32"))
+    assert "is a file" in err and afile.read_text() == "data"
+    assert not list(tmp_path.glob(".*")), list(tmp_path.glob(".*"))  # no hidden .old or temporary folders
+    assert cli.main(_export_args(model, exp, "--precision", "fp32", "--overwrite")) == 0
+    assert not (exp / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["adir", "result", "result.bin"])
+def test_run_writes_any_file_name_and_refuses_a_folder(tmp_path, capsys, name):
+    model = _init(tmp_path, capsys, vocab_size=11, d_model=4, d_hidden=3, n_layers=1, d_output=11)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3), np.int64))
+    out = tmp_path / name
+    argv = ["run", str(model), "--inputs", str(x), "--output", str(out), "--state-out", str(tmp_path / "st")]
+    if name == "adir":
+        out.mkdir()
+        assert "is a folder" in _user_error(capsys, argv)
+    else:
+        assert cli.main(argv) == 0
+        assert np.load(out).shape == (1, 3, 11) and set(np.load(tmp_path / "st")) == {"state"}
+    assert not list(tmp_path.glob(".*"))

@@ -16,7 +16,8 @@ import pytest
 from lru_deploy import cli, engines
 from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.engines import RuntimeInfo, compatibility_problems
-from lru_deploy.errors import EngineError, ExportError, InputError
+from lru_deploy.errors import EngineError, ExportError, InputError, OutputError
+from lru_deploy.files import MARKER
 from lru_deploy.export import export_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_
     out, m = engines.build_engines(export_dir, precision="fp32", batch=(1, 2, 4), opt_level=2,
                                    hardware_compat="ampere+", version_compatible=True)
     assert out == Path("engines/tiny/h100-80gb-hbm3-fp32")
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "prefill.plan", "step.plan"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "manifest.json", "prefill.plan", "step.plan"]
     disk = json.loads((out / "manifest.json").read_text())
     assert disk == json.loads(json.dumps(m))
     assert m["format"] == "lru-deploy-engines-v1" and m["precision"] == "fp32"
@@ -215,7 +216,7 @@ def test_build_refuses_bad_requests_before_building(export_dir, tmp_path, fake_b
         engines.build_engines(export_dir, tmp_path / "e2", precision="fp16")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match="not an engine folder"):
+    with pytest.raises(OutputError, match="not empty"):
         engines.build_engines(export_dir, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert fake_build == [] and not (tmp_path / "e1").exists()
