@@ -70,7 +70,7 @@ class TorchRunner:
 
 class OrtRunner:
     def __init__(self, path, precision: str, threads: int, split: int | None = None):
-        from lru_deploy.export import ort_session
+        from lru_deploy.runtime.onnxruntime import ort_session
         self.sess, self.mode = ort_session(path, precision, threads)
         self.names = [o.name for o in self.sess.get_outputs()]
         self.split = split
@@ -111,7 +111,7 @@ def make_runner(spec: dict):
 
 def make_feeds(cfg_dict: dict, kind: str, batch: int, seq: int, seed: int = 0):
     """Contract-named numpy feeds (zero state); for the step, also the inputs of `STEPS` consecutive steps."""
-    from lru_deploy.export import random_inputs
+    from lru_deploy.cases import random_inputs
     from lru_deploy.model import LRUConfig
     cfg = LRUConfig.from_dict(cfg_dict)
     rng = np.random.default_rng(seed)
@@ -201,7 +201,7 @@ def prepare(name: str, model_dir: Path, root: Path, precisions, chunk=None) -> d
     from lru_deploy.checkpoints import load_model
     from lru_deploy.export import export_model
     from lru_deploy.model import gold
-    from lru_deploy.onnx_graphs import build_prefill, build_step
+    from lru_deploy.export.graphs import build_prefill, build_step
     t0 = time.perf_counter()
     out = export_model(model_dir, root / "export" / name, precisions=precisions,
                        **({"chunk": chunk} if chunk else {}))

@@ -13,7 +13,6 @@ the folder is written beside its destination and renamed into place.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

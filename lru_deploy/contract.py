@@ -158,3 +158,19 @@ def markdown_table(cfg: LRUConfig) -> str:
             for t in ts:
                 rows.append(f"| {g} | `{t.name}` | {direction} | {t.dtype} | {_fmt(t.shape)} |")
     return "\n".join(rows)
+
+
+def io_problems(graph: str, spec: contract.GraphSpec, io: dict) -> list[str]:
+    """A graph's or engine's tensors against the contract. io: name -> ('input'|'output', dtype or None)."""
+    want = {t.name: ("input", t.dtype) for t in spec.inputs}
+    want.update({t.name: ("output", t.dtype) for t in spec.outputs})
+    problems = [f"{graph}: no tensor {n!r} ({want[n][0]})" for n in want if n not in io]
+    problems += [f"{graph}: unexpected tensor {n!r} (the contract has {', '.join(want)})" for n in io if n not in want]
+    for name, (mode, dtype) in io.items():
+        if name not in want:
+            continue
+        if mode != want[name][0]:
+            problems.append(f"{graph}: {name} is an {mode}, the contract has it as an {want[name][0]}")
+        if dtype is not None and str(np.dtype(dtype)) != want[name][1]:
+            problems.append(f"{graph}: {name} is {np.dtype(dtype)}, the contract says {want[name][1]}")
+    return problems

@@ -3,10 +3,12 @@ import json
 
 import pytest
 
-from lru_deploy import demo, engines, parity
+from lru_deploy import engines, parity
+from lru_deploy import trt_env
+from lru_deploy.cli import demo
 from lru_deploy.checkpoints import default_model_dir
 from lru_deploy.cli import main
-from lru_deploy.engines import RuntimeInfo
+from lru_deploy.trt_env import RuntimeInfo
 
 
 def test_demo_end_to_end_on_the_bundled_model(tmp_path, capsys):
@@ -25,7 +27,7 @@ def test_demo_end_to_end_on_the_bundled_model(tmp_path, capsys):
 def test_demo_takes_the_tensorrt_branch_where_tensorrt_is_present(tmp_path, monkeypatch, capsys):
     """With preflight passing, the demo builds fp16 engines and checks them; stand-ins replace TensorRT."""
     calls = []
-    monkeypatch.setattr(engines, "preflight", lambda device=0: RuntimeInfo("Fake GPU", "9.0", "10.9", "x"))
+    monkeypatch.setattr(trt_env, "preflight", lambda device=0: RuntimeInfo("Fake GPU", "9.0", "10.9", "x"))
 
     def fake_build(export_dir, precision="fp32", **kw):
         calls.append(("build", precision))
@@ -41,7 +43,7 @@ def test_demo_takes_the_tensorrt_branch_where_tensorrt_is_present(tmp_path, monk
 
     monkeypatch.setattr(engines, "build_engines", fake_build)
     monkeypatch.setattr(parity, "check", fake_check)
-    monkeypatch.setattr("lru_deploy.parity_report.console", lambda report: "(console)")
+    monkeypatch.setattr("lru_deploy.parity.report.console", lambda report: "(console)")
     rc = demo.run_demo(default_model_dir(), tmp_path / "export", tokens=8)
     text = capsys.readouterr().out
     assert rc == 0, text

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from lru_deploy import cli, engines
+from lru_deploy import trt_env
+from lru_deploy import manifest
+from lru_deploy.cli import build as cli_build
 from lru_deploy.checkpoints import file_sha256, save_model
-from lru_deploy.engines import RuntimeInfo, compatibility_problems
+from lru_deploy.trt_env import RuntimeInfo, compatibility_problems
 from lru_deploy.errors import EngineError, ExportError, InputError, OutputError
 from lru_deploy.files import MARKER
 from lru_deploy.export import export_model
@@ -66,7 +69,7 @@ def test_every_mismatch_is_listed_and_the_hint_names_the_rebuild():
     other = RuntimeInfo("Tesla T4", "7.5", "8.6.1.6", "linux-x86_64")
     assert len(compatibility_problems(manifest_for(H100), other)) == 2
     with pytest.raises(EngineError) as e:
-        engines.ensure_compatible(manifest_for(H100), other)
+        trt_env.ensure_compatible(manifest_for(H100), other)
     assert "lru-deploy build /x/export/default" in e.value.hint
     assert "Tesla T4" in e.value.render() and "8.6.1.6" in e.value.render()
 
@@ -92,8 +95,8 @@ def test_profiles_follow_the_contract(lru):
 
 def test_profile_problems_name_the_axis_and_range(lru):
     p = engines.profile_shapes(lru.small_config(), (1, 1, 4), (1, 8, 16))["prefill"]
-    assert engines.profile_problems("prefill", p, {"input_ids": (4, 16), "state": (4, 2, 2, 5)}) == []
-    probs = engines.profile_problems("prefill", p, {"input_ids": (5, 17), "state": (5, 2, 2, 5), "bogus": (1,)})
+    assert trt_env.profile_problems("prefill", p, {"input_ids": (4, 16), "state": (4, 2, 2, 5)}) == []
+    probs = trt_env.profile_problems("prefill", p, {"input_ids": (5, 17), "state": (5, 2, 2, 5), "bogus": (1,)})
     assert "input_ids: batch is 5, the prefill engine's profile allows 1..4" in probs
     assert "input_ids: seq is 17, the prefill engine's profile allows 1..16" in probs
     assert "state: batch is 5, the prefill engine's profile allows 1..4" in probs
@@ -103,13 +106,13 @@ def test_profile_problems_name_the_axis_and_range(lru):
 
 @pytest.mark.parametrize("text, want", [("1:4:8", (1, 4, 8)), ("3", (3, 3, 3)), ("1:1:1", (1, 1, 1))])
 def test_parse_range(text, want):
-    assert engines.parse_range(text, "batch") == want
+    assert cli_build.parse_range(text, "batch") == want
 
 
 @pytest.mark.parametrize("text", ["0:1:2", "4:2:8", "1:2", "a:b:c", ""])
 def test_parse_range_refuses(text):
     with pytest.raises(InputError, match="MIN:OPT:MAX"):
-        engines.parse_range(text, "batch")
+        cli_build.parse_range(text, "batch")
 
 
 def test_gpu_slug():
@@ -159,10 +162,10 @@ def test_build_without_tensorrt_fails_first_with_one_clear_error(export_dir, tmp
 
 
 def test_preflight_lists_every_missing_piece(monkeypatch):
-    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(engines, "gpu_info", lambda device=0: (None, "no NVIDIA driver found"))
+    monkeypatch.setattr(trt_env.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(trt_env, "gpu_info", lambda device=0: (None, "no NVIDIA driver found"))
     with pytest.raises(EngineError) as e:
-        engines.preflight()
+        trt_env.preflight()
     assert len(e.value.problems) == 2
     assert "no CUDA GPU: no NVIDIA driver found" in e.value.problems[1]
 
@@ -176,7 +179,7 @@ def fake_build(monkeypatch):
         calls.append((Path(onnx_path).name, profile, settings))
         return f"plan:{label}".encode()
 
-    monkeypatch.setattr(engines, "preflight", lambda device=0: H100)
+    monkeypatch.setattr(trt_env, "preflight", lambda device=0: H100)
     monkeypatch.setattr(engines, "_build_plan", fake_plan)
     return calls
 
@@ -202,7 +205,7 @@ def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_
     assert [c[0] for c in fake_build] == ["prefill.onnx", "step.onnx"]
     assert fake_build[0][2]["hardware_compat"] == "ampere+" and fake_build[0][2]["opt_level"] == 2
     assert "--hardwareCompatibilityLevel=ampere+" in m["trtexec"]["step"]
-    assert engines.read_engine_manifest(out)["name"] == "tiny"
+    assert manifest.read_engine_manifest(out)["name"] == "tiny"
     # a rebuild replaces the earlier engine folder whole
     out2, _ = engines.build_engines(export_dir, out, batch=(1, 1, 2))
     assert out2 == out and json.loads((out / "manifest.json").read_text())["batch"] == [1, 1, 2]
@@ -223,7 +226,7 @@ def test_build_refuses_bad_requests_before_building(export_dir, tmp_path, fake_b
 
 
 def test_a_failed_build_leaves_nothing(export_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(engines, "preflight", lambda device=0: H100)
+    monkeypatch.setattr(trt_env, "preflight", lambda device=0: H100)
 
     def boom(onnx_path, profile, label, **settings):
         if label == "step":
@@ -241,7 +244,7 @@ def test_engine_manifest_checks(export_dir, tmp_path, fake_build):
     (out / "step.plan").write_bytes(b"tampered")
     (out / "prefill.plan").unlink()
     with pytest.raises(EngineError) as e:
-        engines.read_engine_manifest(out)
+        manifest.read_engine_manifest(out)
     text = e.value.render()
     assert "prefill: " in text and "is missing" in text
     assert "step: " in text and "does not match the sha256" in text
@@ -250,7 +253,7 @@ def test_engine_manifest_checks(export_dir, tmp_path, fake_build):
     m["format"] = "something-else"
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EngineError, match="format is 'something-else'"):
-        engines.read_engine_manifest(out, verify=False)
+        manifest.read_engine_manifest(out, verify=False)
 
 
 def test_cli_build_prints_trtexec_equivalents(export_dir, tmp_path, fake_build, capsys):
@@ -302,11 +305,11 @@ def test_build_plan_hands_every_setting_to_polygraphy(monkeypatch, tmp_path):
 @pytest.mark.trt
 def test_build_real_engines(export_dir, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
-    gpu, why = engines.gpu_info()
+    gpu, why = trt_env.gpu_info()
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
     out, m = engines.build_engines(export_dir, tmp_path / "e", batch=(1, 1, 2), seq=(1, 8, 32))
-    assert engines.compatibility_problems(m, engines.preflight()) == []
+    assert trt_env.compatibility_problems(m, trt_env.preflight()) == []
     assert (out / "prefill.plan").stat().st_size > 0
 
 

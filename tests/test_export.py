@@ -1,6 +1,5 @@
 """lru-deploy export: layout, manifest, strict validation, no artifacts on failure, CLI, bf16 emulation."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,16 +7,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from lru_deploy import contract
 from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.cli import main
 from lru_deploy.errors import ExportError
-from lru_deploy.export import emulate_reduced, export_model, ort_session, run_session, validation_cases
+from lru_deploy.cases import validation_cases
+from lru_deploy.export import export_model
+from lru_deploy.runtime.onnxruntime import emulate_reduced, ort_session, run_session
 from lru_deploy.model import LRUConfig, LRUModel, init_parameters
-from lru_deploy.onnx_graphs import bf16_bits
+from lru_deploy.export.graphs import bf16_bits
 
 CHECK_CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_contract.py"
 

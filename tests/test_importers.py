@@ -19,7 +19,7 @@ from lru_deploy.checkpoints import load_model
 from lru_deploy.cli import main
 from lru_deploy.errors import CheckpointError
 from lru_deploy.importers import default_out_dir, import_lru_reduction, import_minimal_lru
-from lru_deploy.msgpack_flax import flatten, read_flax_msgpack
+from lru_deploy.importers.msgpack_flax import flatten, read_flax_msgpack
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "import"
 MINIMAL = ["minimal_lru_layer_prenorm_none", "minimal_lru_layer_postnorm_mean", "minimal_lru_batch_prenorm_last"]
@@ -365,7 +365,8 @@ def test_imported_minimal_lru_exports(tmp_path):
 @pytest.mark.parametrize("name", MINIMAL)
 def test_imported_minimal_lru_export_and_check_agree_with_flax(name, tmp_path):
     """Done-means of the importer issue: import, export (validated, linted), check; all within 1e-4 of minimal-LRU."""
-    from lru_deploy.export import export_model, ort_session, run_session
+    from lru_deploy.export import export_model
+    from lru_deploy.runtime.onnxruntime import ort_session, run_session
     from lru_deploy.parity import check
     m = meta(name)
     model_dir = tmp_path / "model"

@@ -20,10 +20,12 @@ import torch
 from onnx import numpy_helper
 
 from lru_deploy import cli, engines, parity
+from lru_deploy import trt_env
 from lru_deploy.checkpoints import file_sha256, save_model
-from lru_deploy.export import export_model, reference_outputs, rel_l2
+from lru_deploy.cases import reference_outputs, rel_l2
+from lru_deploy.export import export_model
 from lru_deploy.model import gold
-from lru_deploy.parity_runners import ReferenceRunner, SegmentsRunner, positions_reference
+from lru_deploy.parity.runners import ReferenceRunner, SegmentsRunner, positions_reference
 
 SMALL = ["--long-seq", "40", "--drift-steps", "200"]
 KINDS = {"seq 1", "chunk edge", "odd length", "long", "step", "continuity", "drift"}
@@ -254,9 +256,9 @@ def test_segments_runner_carries_the_state_across_calls(lru):
 @pytest.fixture
 def fake_engine_dir(exports, tmp_path, monkeypatch):
     """An engine folder made by build_engines with the machine check and the TensorRT call stubbed out."""
-    info = engines.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.9.0", engines.current_platform())
+    info = trt_env.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.9.0", trt_env.current_platform())
     with monkeypatch.context() as m:
-        m.setattr(engines, "preflight", lambda device=0: info)
+        m.setattr(trt_env, "preflight", lambda device=0: info)
         m.setattr(engines, "_build_plan", lambda onnx_path, profile, label, **kw: b"not a plan")
         out, _ = engines.build_engines(exports["tokens"], tmp_path / "eng", "fp32", batch=(1, 1, 2),
                                        seq=(1, 8, 16))
@@ -275,7 +277,7 @@ def test_engine_folders_skip_cases_outside_the_profiles(fake_engine_dir, exports
     """The engine path (model found through the source export, profiles, skips) with ONNX Runtime standing in
     for TensorRT, which this machine may lack."""
     folder, info = fake_engine_dir
-    monkeypatch.setattr(engines, "preflight", lambda device=0: info)
+    monkeypatch.setattr(trt_env, "preflight", lambda device=0: info)
     export, onnxrt_runner = parity.open_target(exports["tokens"]), parity.Target.runner
     monkeypatch.setattr(parity.Target, "runner", lambda self, prec, g, name: onnxrt_runner(export, prec, g, name))
     rc, out, _ = run_check(capsys, folder, *SMALL)
@@ -294,7 +296,7 @@ def test_engine_folders_skip_cases_outside_the_profiles(fake_engine_dir, exports
 
 def test_a_real_engine_folder(exports, tmp_path, capsys):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed")
-    gpu, why = engines.gpu_info()
+    gpu, why = trt_env.gpu_info()
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
     out, _ = engines.build_engines(exports["tokens"], tmp_path / "eng", "fp32", batch=(1, 2, 4), seq=(1, 16, 64))

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 
 from lru_deploy import contract, engines
+from lru_deploy import trt_env
+from lru_deploy import manifest
 from lru_deploy.checkpoints import save_model
 from lru_deploy.errors import EngineError, ExportError, InputError
 from lru_deploy.export import export_model
 from lru_deploy.runtime import ReferenceSession, open_session
-from lru_deploy.runtime_backends import DeviceTensor, OnnxruntimeSession, TensorrtSession
+from lru_deploy.runtime.onnxruntime import OnnxruntimeSession
+from lru_deploy.runtime.tensorrt import DeviceTensor, TensorrtSession
 
 ATOL, RTOL = 1e-5, 1e-5  # fp32 graphs against the float64 reference, outputs of size ~1
 
@@ -186,7 +189,7 @@ def test_tampered_graph_is_refused(tiny, tmp_path):
 
 # ---------------------------------------------------------------- TensorRT session logic on a fake device
 
-H100 = engines.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0.26", engines.current_platform())
+H100 = trt_env.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0.26", trt_env.current_platform())
 
 
 class FakeCuda:
@@ -293,7 +296,7 @@ class FakeEngine:
 def engine_dir(tiny, tmp_path, monkeypatch):
     """A real engine folder (manifest, profiles: batch 1..2, seq 1..16) with fake plans."""
     with monkeypatch.context() as mp:
-        mp.setattr(engines, "preflight", lambda device=0: H100)
+        mp.setattr(trt_env, "preflight", lambda device=0: H100)
         mp.setattr(engines, "_build_plan", lambda onnx, profile, label, **kw: f"plan:{label}".encode())
         out, _ = engines.build_engines(tiny[2], tmp_path / "eng", batch=(1, 2, 2), seq=(1, 8, 16))
     return out
@@ -301,7 +304,7 @@ def engine_dir(tiny, tmp_path, monkeypatch):
 
 def fake_session(engine_dir, model, **cuda_kw):
     cuda = FakeCuda(**cuda_kw)
-    cuda.manifest = engines.read_engine_manifest(engine_dir)
+    cuda.manifest = manifest.read_engine_manifest(engine_dir)
     cuda.model = ReferenceSession(model)
     return TensorrtSession(engine_dir, runtime=cuda), cuda
 
@@ -358,7 +361,7 @@ def test_tensorrt_capture_failure_falls_back_to_plain_enqueues(tiny, engine_dir,
 
 
 def test_tensorrt_refuses_another_gpu_and_a_broken_contract(tiny, engine_dir):
-    other = engines.RuntimeInfo("Tesla T4", "7.5", "10.3.0.26", engines.current_platform())
+    other = trt_env.RuntimeInfo("Tesla T4", "7.5", "10.3.0.26", trt_env.current_platform())
     with pytest.raises(EngineError, match="cannot run here") as e:
         fake_session(engine_dir, tiny[0], info=other)
     assert "GPU model that built it" in e.value.render() and "lru-deploy build" in e.value.hint
@@ -378,7 +381,7 @@ def test_tensorrt_end_to_end(tiny, tmp_path, lru):
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
     if importlib.util.find_spec("cuda") is None:
         pytest.skip("cuda-python not installed")
-    gpu, why = engines.gpu_info()
+    gpu, why = trt_env.gpu_info()
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
     model, _, export = tiny

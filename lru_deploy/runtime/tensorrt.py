@@ -17,81 +17,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from . import contract, engines
-from .errors import EngineError, ExportError, InputError
-from .model import LRUConfig
-from .runtime import Session, State
+from .. import contract, trt_env
+from ..manifest import read_engine_manifest
+from ..errors import EngineError, InputError
+from ..model import LRUConfig
+from .base import Session, State
 
 log = logging.getLogger(__name__)
 
 
-def io_problems(graph: str, spec: contract.GraphSpec, io: dict) -> list[str]:
-    """A graph's or engine's tensors against the contract. io: name -> ('input'|'output', dtype or None)."""
-    want = {t.name: ("input", t.dtype) for t in spec.inputs}
-    want.update({t.name: ("output", t.dtype) for t in spec.outputs})
-    problems = [f"{graph}: no tensor {n!r} ({want[n][0]})" for n in want if n not in io]
-    problems += [f"{graph}: unexpected tensor {n!r} (the contract has {', '.join(want)})" for n in io if n not in want]
-    for name, (mode, dtype) in io.items():
-        if name not in want:
-            continue
-        if mode != want[name][0]:
-            problems.append(f"{graph}: {name} is an {mode}, the contract has it as an {want[name][0]}")
-        if dtype is not None and str(np.dtype(dtype)) != want[name][1]:
-            problems.append(f"{graph}: {name} is {np.dtype(dtype)}, the contract says {want[name][1]}")
-    return problems
-
-
 CPU_PREFILL_SPLIT = 4096
-
-
-class OnnxruntimeSession(Session):
-    """The graphs of an export folder in ONNX Runtime (CPU by default; CUDA with onnxruntime-gpu, if asked)."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, export_dir, precision: str = "fp32", providers: Optional[Sequence[str]] = None,
-                 verify: bool = True, split: Optional[int] = CPU_PREFILL_SPLIT):
-        import onnxruntime as ort
-
-        from .export import ort_session
-
-        folder = Path(export_dir)
-        m = engines.read_export_manifest(folder, precision, verify)
-        cfg = LRUConfig.from_dict(m["config"])
-        super().__init__(cfg)
-        self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
-        self.precision = precision
-        # Longer prompts are split into calls of at most this many positions (exact: the state is carried).
-        # On the CPU, calls of ~4096 keep the activations in cache: 1.26x faster at seq 65536 and 112 MB
-        # instead of 398 MB beyond the outputs (benchmarks/RESULTS.md).
-        self.max_seq = min(int(m["max_seq"]), split or int(m["max_seq"]))
-        available = ort.get_available_providers()
-        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in self.providers if p not in available]
-        if missing:
-            raise InputError(f"ONNX Runtime here lacks {', '.join(missing)} (it has {', '.join(available)})",
-                             "CUDAExecutionProvider comes with onnxruntime-gpu: pip install 'lru-deploy[gpu]'")
-        self._sessions, self._outputs, problems = {}, {}, []
-        for graph in contract.GRAPHS:
-            sess, self.mode = ort_session(folder / m["graphs"][precision][graph]["path"], precision,
-                                          providers=self.providers)
-            io = {i.name: ("input", None) for i in sess.get_inputs()}
-            io.update({o.name: ("output", None) for o in sess.get_outputs()})
-            spec = self.prefill_spec if graph == "prefill" else self.step_spec
-            problems += io_problems(graph, spec, io)
-            self._sessions[graph] = sess
-            self._outputs[graph] = spec.output_names
-        if problems:
-            raise ExportError(f"the {precision} graphs in {folder} do not follow the I/O contract:",
-                              "export again with the current lru-deploy", problems)
-
-    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self._outputs[graph]
-        return dict(zip(names, self._sessions[graph].run(names, feeds)))
 
 
 class DeviceTensor:
@@ -130,7 +69,7 @@ class TensorrtSession(Session):
     def __init__(self, engine_dir, device: int = 0, cuda_graphs: bool = True, verify: bool = True, *,
                  runtime=None):
         folder = Path(engine_dir)
-        m = engines.read_engine_manifest(folder, verify)
+        m = read_engine_manifest(folder, verify)
         cfg = LRUConfig.from_dict(m["config"])
         super().__init__(cfg)
         self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
@@ -142,13 +81,13 @@ class TensorrtSession(Session):
         self._live: Optional[tuple[int, int]] = None  # (slot holding the latest state, its generation)
         self._gen = 0
         try:
-            engines.ensure_compatible(m, self._rt.info, f"engine folder {folder}")
+            trt_env.ensure_compatible(m, self._rt.info, f"engine folder {folder}")
             host_code = bool(m.get("version_compatible"))
             self._engines = {g: self._rt.load((folder / m["engines"][g]["path"]).read_bytes(), host_code)
                              for g in contract.GRAPHS}
             problems = []
             for g, eng in self._engines.items():
-                problems += io_problems(g, self._spec(g), eng.io())
+                problems += contract.io_problems(g, self._spec(g), eng.io())
             if problems:
                 raise EngineError(f"the engines in {folder} do not follow the I/O contract of their manifest:",
                                   "build them again from a current export", problems)
@@ -220,7 +159,7 @@ class TensorrtSession(Session):
         batch = x.shape[0]
         seq = x.shape[1] if graph == "prefill" else 1
         shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-        problems = engines.profile_problems(graph, self._profiles[graph], shapes)
+        problems = trt_env.profile_problems(graph, self._profiles[graph], shapes)
         if problems:
             m = self.manifest
             raise InputError(f"shapes outside the {graph} engine's optimization profile:",
@@ -322,7 +261,7 @@ class TensorrtSession(Session):
 # ---------------------------------------------------------------- the thin layer over CUDA and TensorRT
 
 def _cudart():
-    cudart = engines.import_cudart()
+    cudart = trt_env.import_cudart()
     if cudart is None:
         raise EngineError("cuda-python is not installed; the TensorRT backend needs it for GPU buffers and streams",
                           "pip install 'lru-deploy[trt]' (cuda-python)")
@@ -333,7 +272,7 @@ class _CudaTrt:
     """One CUDA device and stream, device memory, CUDA graphs, and the TensorRT runtime that loads engines."""
 
     def __init__(self, device: int = 0):
-        self.info = engines.preflight(device)
+        self.info = trt_env.preflight(device)
         self.cudart = _cudart()
         import tensorrt as trt
 

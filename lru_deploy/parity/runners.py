@@ -22,10 +22,10 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator
 from polygraphy.logger import G_LOGGER
 
-from . import contract
-from .errors import ParityError
-from .export import reference_outputs
-from .model import LRUModel
+from .. import contract
+from ..errors import ParityError
+from ..cases import reference_outputs
+from ..model import LRUModel
 
 log = logging.getLogger(__name__)
 REFERENCE = "lru-deploy-reference"  # the runner name saved in the Polygraphy output files

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 _DTYPES = {"float16", "float32", "float64", "complex64", "complex128", "bool", "int8", "int16", "int32", "int64",

@@ -11,18 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import EngineError
+from ..errors import EngineError
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 160) -> int:
-    from .checkpoints import load_model, summary
-    from .export import export_model, resolve_model_dir
-    from .lint import lint_export
-    from .parity import check
-    from .parity_report import console
-    from .runtime import decode, encode, open_session
+    from ..checkpoints import load_model, summary
+    from ..export import export_model, resolve_model_dir
+    from ..lint import lint_export
+    from ..parity import check
+    from ..parity.report import console
+    from ..runtime import decode, encode, open_session
 
     model_dir = resolve_model_dir(model_dir)
     name = model_dir.resolve().name
@@ -55,7 +55,8 @@ def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 1
 
     _say("\n== TensorRT")
     try:
-        from .engines import build_engines, preflight
+        from ..engines import build_engines
+        from ..trt_env import preflight
         preflight()
     except EngineError as e:
         skipped.append("TensorRT build and check: " + "; ".join(e.problems or [e.message]))
@@ -103,5 +104,3 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def cmd_demo(args) -> int:
-    return run_demo(args.model, args.out)

@@ -4,9 +4,10 @@ import onnx
 import pytest
 import torch
 
-from lru_deploy.export import ort_session, reference_outputs, rel_l2, run_session
+from lru_deploy.cases import reference_outputs, rel_l2
+from lru_deploy.runtime.onnxruntime import ort_session, run_session
 from lru_deploy.model import LRUConfig, LRUModel, gold, init_parameters
-from lru_deploy.onnx_graphs import bf16_bits, build_prefill, build_step, lam_pow, toeplitz_mats
+from lru_deploy.export.graphs import bf16_bits, build_prefill, build_step, lam_pow, toeplitz_mats
 
 FORBIDDEN = {"Loop", "Scan", "If", "CumSum", "DFT", "STFT"}
 BAD_TYPES = {onnx.TensorProto.DOUBLE, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}

@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .contract import graph_spec
-from .model import LRUConfig, LRUModel
+from ..contract import graph_spec
+from ..model import LRUConfig, LRUModel
 
 F32 = TensorProto.FLOAT
 I64 = TensorProto.INT64

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract
-from .export import tool_versions
-from .files import staged_dir
+from .. import contract
+from ..manifest import tool_versions
+from ..files import staged_dir
 
 log = logging.getLogger(__name__)
 FORMAT = "lru-deploy-parity-v1"
@@ -87,7 +87,7 @@ def write_repro(tmp: Path, final: Path, target, pc) -> dict:
     from polygraphy.comparator import IterationResult, RunResults
     from polygraphy.json import save_json
 
-    from .parity_runners import REFERENCE, polygraphy_quiet
+    from .runners import REFERENCE, polygraphy_quiet
     out = {}
     for graph, r in pc.repro.items():
         if not r["cases"]:

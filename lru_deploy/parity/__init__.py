@@ -12,8 +12,8 @@ computed beside it in float64, from the reference's float64 values.
 Beyond single calls, `SegmentsRunner` runs one sequence as several graph calls with the state carried, which
 checks the continuity identities of DESIGN.md section 3 (prefill(a) then prefill(b), prefill then steps,
 steps then prefill, each against the reference prefill of the whole sequence) and a long drift run of
-consecutive steps against the reference output at every position. The runners live in parity_runners.py;
-parity_report.py writes the table, report.json, the plot and the Polygraphy files that reproduce a case with
+consecutive steps against the reference output at every position. The runners live in parity/runners.py;
+parity/report.py writes the table, report.json, the plot and the Polygraphy files that reproduce a case with
 `polygraphy run` alone.
 """
 from __future__ import annotations
@@ -30,13 +30,14 @@ import numpy as np
 import onnx
 from polygraphy.backend.base import BaseRunner
 
-from . import contract
-from .checkpoints import checkpoint_sha256, file_sha256, load_model, read_json
-from .errors import ParityError
-from .files import check_destination
-from .export import emulate_reduced, random_inputs, rel_l2
-from .model import LRUConfig, LRUModel, gold
-from .parity_runners import ReferenceRunner, SegmentsRunner, run_pair
+from .. import contract
+from ..checkpoints import checkpoint_sha256, file_sha256, load_model, read_json
+from ..errors import ParityError
+from ..files import check_destination
+from ..cases import random_inputs, rel_l2
+from ..runtime.onnxruntime import emulate_reduced
+from ..model import LRUConfig, LRUModel, gold
+from .runners import ReferenceRunner, SegmentsRunner, run_pair
 
 log = logging.getLogger(__name__)
 DEFAULT_LONG_SEQ = 16384
@@ -294,7 +295,7 @@ class Target:
     def shape_problems(self, graph: str, feeds: dict) -> list:
         if self.kind == "export":
             return []
-        from .engines import profile_problems
+        from ..trt_env import profile_problems
         return profile_problems(graph, self.manifest["profiles"][graph], {k: list(v.shape) for k, v in feeds.items()})
 
     def input_paths(self) -> list[Path]:
@@ -315,7 +316,7 @@ class Target:
 
 
 def open_target(folder) -> Target:
-    from .engines import EXPORT_FORMAT, FORMAT, read_engine_manifest, read_export_manifest
+    from ..manifest import EXPORT_FORMAT, FORMAT, read_engine_manifest, read_export_manifest
     folder = Path(folder)
     if not (folder / "manifest.json").is_file():
         raise ParityError(f"{folder} is neither an export folder nor an engine folder (no manifest.json)",
@@ -367,7 +368,7 @@ def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Op
           rtol: Optional[float] = None, seed: int = 0, long_seq: int = DEFAULT_LONG_SEQ,
           drift_steps: Optional[int] = None, quick: bool = False, overwrite: bool = False) -> dict:
     """Run every comparison, write the report folder (atomically) and return report.json's content."""
-    from . import parity_report
+    from . import report as parity_report
     t_start = time.perf_counter()
     target = open_target(target_dir)
     drift_steps = drift_steps if drift_steps is not None else QUICK_DRIFT_STEPS if quick else DEFAULT_DRIFT_STEPS
@@ -390,7 +391,7 @@ def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Op
         raise ParityError(f"the model at {model_dir} has another config than the one {target.folder} was made from",
                           "pass --model with the checkpoint this folder was exported from")
     if target.kind == "engines":
-        from .engines import ensure_compatible, preflight
+        from ..trt_env import ensure_compatible, preflight
         ensure_compatible(target.manifest, preflight(), f"engine folder {target.folder}")
     if not quick and long_seq > target.max_seq:
         target.notes.append(f"the long case is clipped to this folder's max_seq {target.max_seq} (--long-seq "
@@ -438,35 +439,4 @@ def resolve_model(target: Target, model_dir) -> tuple[Path, str]:
 
 # ---------------------------------------------------------------- CLI
 
-def register(sub) -> None:
-    s = sub.add_parser("check", help="parity of an export or engine folder against the reference (Polygraphy)",
-                       description="Compare every graph of an export folder (ONNX Runtime) or an engine folder "
-                                   "(TensorRT) with the complex128 reference model through Polygraphy: the shape "
-                                   "matrix, the continuity identities and a long step-by-step drift run. Writes "
-                                   "TARGET/report (report.json, a plot, Polygraphy input/output files). Any miss "
-                                   "exits 1.")
-    s.add_argument("target", help="export folder or engine folder")
-    s.add_argument("--model", help="model folder (default: the one the manifest records)")
-    s.add_argument("--precision", help="comma-separated precisions to check (default: all in the folder)")
-    s.add_argument("--report", help="report folder (default: TARGET/report)")
-    s.add_argument("--atol", type=float, help="override the table's absolute tolerance (announced loudly)")
-    s.add_argument("--rtol", type=float, help="override the table's relative tolerance (announced loudly)")
-    s.add_argument("--seed", type=int, default=0, help="inputs seed (default 0)")
-    s.add_argument("--long-seq", type=int, default=DEFAULT_LONG_SEQ,
-                   help=f"the long prefill case's length (default {DEFAULT_LONG_SEQ})")
-    s.add_argument("--drift-steps", type=int, default=None,
-                   help=f"consecutive steps of the drift run (default {DEFAULT_DRIFT_STEPS}, "
-                        f"{QUICK_DRIFT_STEPS} with --quick)")
-    s.add_argument("--quick", action="store_true", help="no long case, a shorter drift run")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace --report even if it holds files that `check` did not write")
-    s.set_defaults(func=cmd_check)
 
-
-def cmd_check(args) -> int:
-    from .parity_report import console
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
-    report = check(args.target, args.model, precisions, args.report, args.atol, args.rtol, args.seed,
-                   args.long_seq, args.drift_steps, args.quick, overwrite=args.overwrite)
-    print(console(report))
-    return 0 if report["pass"] else 1

@@ -1,0 +1,142 @@
+"""Session backends beside the reference: ONNX Runtime on an export folder, TensorRT on an engine folder.
+
+Both implement `Session._run(graph, feeds)`; prefill, step, generate and long-prompt splitting come from
+`lru_deploy.runtime.Session`. Open them through `runtime.open_session(target)`.
+
+TensorRT keeps the state on the GPU: every call reads the state from one of two ping-pong buffers and writes
+the other, and returns it as `DeviceTensor`s that the next call takes without a host round trip (only the
+logits come back per token). Shapes are checked against the engine's optimization profile before enqueue; the
+engine folder's manifest is checked against the running GPU and TensorRT before anything is loaded; the step
+is captured in a CUDA graph (one per ping-pong direction) where the engine allows capture.
+
+The TensorRT- and CUDA-touching code is the two thin classes at the end (`_CudaTrt`, `_TrtEngine`); the session
+logic talks to them through a handful of methods, so tests drive it with fakes. tensorrt and cuda-python are
+imported lazily inside them.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+import onnx
+
+from .. import contract
+from ..manifest import read_export_manifest
+from ..errors import ExportError, InputError
+from ..model import LRUConfig
+from .base import Session
+
+log = logging.getLogger(__name__)
+
+
+CPU_PREFILL_SPLIT = 4096
+
+
+class OnnxruntimeSession(Session):
+    """The graphs of an export folder in ONNX Runtime (CPU by default; CUDA with onnxruntime-gpu, if asked)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, export_dir, precision: str = "fp32", providers: Optional[Sequence[str]] = None,
+                 verify: bool = True, split: Optional[int] = CPU_PREFILL_SPLIT):
+        import onnxruntime as ort
+
+        folder = Path(export_dir)
+        m = read_export_manifest(folder, precision, verify)
+        cfg = LRUConfig.from_dict(m["config"])
+        super().__init__(cfg)
+        self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
+        self.precision = precision
+        # Longer prompts are split into calls of at most this many positions (exact: the state is carried).
+        # On the CPU, calls of ~4096 keep the activations in cache: 1.26x faster at seq 65536 and 112 MB
+        # instead of 398 MB beyond the outputs (benchmarks/RESULTS.md).
+        self.max_seq = min(int(m["max_seq"]), split or int(m["max_seq"]))
+        available = ort.get_available_providers()
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise InputError(f"ONNX Runtime here lacks {', '.join(missing)} (it has {', '.join(available)})",
+                             "CUDAExecutionProvider comes with onnxruntime-gpu: pip install 'lru-deploy[gpu]'")
+        self._sessions, self._outputs, problems = {}, {}, []
+        for graph in contract.GRAPHS:
+            sess, self.mode = ort_session(folder / m["graphs"][precision][graph]["path"], precision,
+                                          providers=self.providers)
+            io = {i.name: ("input", None) for i in sess.get_inputs()}
+            io.update({o.name: ("output", None) for o in sess.get_outputs()})
+            spec = self.prefill_spec if graph == "prefill" else self.step_spec
+            problems += contract.io_problems(graph, spec, io)
+            self._sessions[graph] = sess
+            self._outputs[graph] = spec.output_names
+        if problems:
+            raise ExportError(f"the {precision} graphs in {folder} do not follow the I/O contract:",
+                              "export again with the current lru-deploy", problems)
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self._outputs[graph]
+        return dict(zip(names, self._sessions[graph].run(names, feeds)))
+
+
+# ---------------------------------------------------------------- the thin layer over CUDA and TensorRT
+
+
+def emulate_reduced(m: onnx.ModelProto, elem_type: int = onnx.TensorProto.BFLOAT16) -> onnx.ModelProto:
+    """A float32 twin that rounds like the reduced-type graph: each node touching `elem_type` computes in
+    float32 between Casts (inputs up-cast, outputs rounded to elem_type and back). For CPU checks only."""
+    F32 = onnx.TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in m.graph.initializer})
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    del out.graph.node[:]
+    n = 0
+    for node in m.graph.node:
+        in_red = [types.get(i) == elem_type for i in node.input]
+        out_red = [types.get(o) == elem_type for o in node.output]
+        if node.op_type == "Cast" or not (any(in_red) or any(out_red)):
+            out.graph.node.append(node)  # Casts to and from the reduced type run on CPU as they are
+            continue
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        post = []
+        for k, name in enumerate(node.input):
+            if in_red[k]:
+                n += 1
+                new.input[k] = f"{name}__emu_f32_{n}"
+                out.graph.node.append(onnx.helper.make_node("Cast", [name], [new.input[k]], to=F32))
+        for k, name in enumerate(node.output):
+            if out_red[k]:
+                n += 1
+                new.output[k] = f"{name}__emu_raw_{n}"
+                post.append(onnx.helper.make_node("Cast", [new.output[k]], [name], to=elem_type))
+        out.graph.node.append(new)
+        out.graph.node.extend(post)
+    # bf16 tensors stay bf16 only as Cast results; Cast bf16 -> float32 is implemented on CPU.
+    return out
+
+
+def ort_session(model: onnx.ModelProto | str | Path, precision: str, threads: int = 0,
+                providers: Optional[list] = None):
+    """The one place ONNX Runtime sessions are configured (options measured in benchmarks/RESULTS.md: the
+    defaults won). CPU unless providers say otherwise; bf16 on the CPU runs emulated. Returns (session, mode)."""
+    import onnxruntime as ort
+    providers = list(providers or ["CPUExecutionProvider"])
+    mode = "native"
+    if precision == "bf16" and providers[0] == "CPUExecutionProvider":
+        m = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+        model, mode = emulate_reduced(m), "bf16-emulated"
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only; warnings about providers and initializers are noise here
+    if threads:
+        so.intra_op_num_threads = threads
+    src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=providers), mode
+
+
+def run_session(sess, feeds: dict) -> dict:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
