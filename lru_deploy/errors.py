@@ -47,3 +47,7 @@ class EngineError(LRUDeployError):
 
 class OutputError(LRUDeployError):
     """A destination that cannot or must not be written (it holds other data, it is a file, it is read-only)."""
+
+
+class ManifestError(LRUDeployError):
+    """A manifest.json that is missing, malformed, or disagrees with its folder."""

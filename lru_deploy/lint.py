@@ -1,24 +1,25 @@
 """TensorRT-readiness lint for exported ONNX graphs (`lru-deploy lint EXPORT_DIR`).
 
 Pure static checks (onnx and its shape inference only, no runtime), every finding reported at once:
-opset range, TensorRT 10's operator table and its input restrictions, the ops DESIGN.md section 4
-forbids, float64/complex tensors, int64 outside shape arithmetic and token ids, dynamic-shape hazards,
-and the I/O contract of DESIGN.md section 3 when the export folder's manifest.json carries the config.
+opset range, TensorRT 10's operator table and its input restrictions, the ops TensorRT runs badly or not
+at all (Loop, Scan, If, CumSum, DFT), float64/complex tensors, int64 outside shape arithmetic and token ids,
+dynamic-shape hazards, and the I/O contract recorded in the export folder's manifest.json (verified first:
+files, hashes, contract against config) together with the limits each graph records.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from .contract import GRAPHS, graph_spec
+from . import contract
+from .contract import GRAPHS
+from .manifest import MANIFEST, ExportManifest
 from .errors import InputError, LRUDeployError
 from .model import LRUConfig
 
@@ -29,13 +30,13 @@ ERROR, WARNING = "error", "warning"
 RULES: dict[str, str] = {
     "load": "the file is not a readable ONNX model",
     "missing-graph": "a precision folder lacks prefill.onnx or step.onnx",
-    "manifest": "manifest.json is unreadable or its config invalid",
+    "manifest": "manifest.json is unreadable, fails its checks, or disagrees with the graphs' recorded limits",
     "opset": "default-domain opset outside the TensorRT ONNX parser's range",
     "opset-domain": "an opset import of a domain TensorRT does not parse",
     "op-unsupported": "op not in onnx-tensorrt's supported-operator table (or newer than the target TensorRT)",
     "op-restriction": "an input or attribute the onnx-tensorrt table restricts",
     "op-dtype": "op applied to an element type the onnx-tensorrt table does not list for it",
-    "op-forbidden": "Loop, Scan, If, CumSum, DFT, STFT (DESIGN.md section 4)",
+    "op-forbidden": "Loop, Scan, If, CumSum, DFT, STFT: sequential in TensorRT or unsupported",
     "data-dependent-shape": "op whose output shape depends on tensor values",
     "dtype-float64": "float64 tensor, constant or cast",
     "dtype-complex": "complex tensor, constant or cast",
@@ -50,7 +51,7 @@ RULES: dict[str, str] = {
 
 # ---- facts: onnx-tensorrt docs/operators.md "Operator Support Matrix" for TensorRT 10.15 (onnx/onnx-tensorrt,
 # ---- release/10.15), plus docs/Changelog.md for what TensorRT 10.1 .. 10.15 added or relaxed after 10.0.
-# TensorRT 10.0 parses opsets 9..20 (DESIGN.md section 4, operators.md of 10.0); TensorRT 10.15 parses 9..24.
+# TensorRT 10.0 parses opsets 9..20 (onnx-tensorrt's operators.md of 10.0); TensorRT 10.15 parses 9..24.
 OPSET_MIN = 9
 OPSET_MAX: dict[tuple[int, int], int] = {(10, 0): 20, (10, 15): 24}
 DEFAULT_TRT = (10, 0)  # the floor of "TensorRT 10": anything newer must be asked for
@@ -137,7 +138,8 @@ ATTR_ALLOWED: dict[str, dict[str, tuple]] = {
 MAX_OUTPUTS: dict[str, int] = {"LayerNormalization": 1, "MaxPool": 1}
 # ---- end of facts ----
 
-# DESIGN.md section 4: parsed by TensorRT 10 (some of them) but slow or unsupported for us.
+# Parsed by TensorRT 10 (some of them) but slow or unsupported for us: Loop/Scan/If run sequentially, CumSum
+# was a sequential loop before TensorRT 10.8, DFT/STFT are not supported.
 FORBIDDEN = ("Loop", "Scan", "If", "CumSum", "DFT", "STFT")
 DATA_DEPENDENT = ("NonZero", "Unique", "NonMaxSuppression")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -203,9 +205,11 @@ class LintReport:
 
 def lint_model(model: onnx.ModelProto, graph: Optional[str] = None, cfg: Optional[LRUConfig] = None, *,
                label: Optional[str] = None, prefill_outputs: str = "all",
-               trt_version: tuple[int, int] = DEFAULT_TRT) -> list[Finding]:
+               trt_version: tuple[int, int] = DEFAULT_TRT,
+               spec: Optional[contract.GraphSpec] = None) -> list[Finding]:
     """Every finding for one model. `graph` ('prefill'|'step') enables the seq-axis and contract checks;
-    `cfg` the contract check. `trt_version` is the oldest TensorRT the graph must parse on."""
+    the contract is `spec` (a manifest's) or the one `cfg` implies. `trt_version` is the oldest TensorRT the
+    graph must parse on."""
     if graph is not None and graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS} or None, got {graph!r}")
     out: list[Finding] = []
@@ -228,8 +232,10 @@ def lint_model(model: onnx.ModelProto, graph: Optional[str] = None, cfg: Optiona
     _check_bad_types(g, inferred, add)
     _check_int64(g, types, add)
     _check_dims(g, inferred, graph, add)
-    if graph is not None and cfg is not None:
-        _check_contract(g, types, cfg, graph, prefill_outputs, add)
+    if spec is None and graph is not None and cfg is not None:
+        spec = contract.graph_spec(cfg, graph, prefill_outputs)
+    if spec is not None:
+        _check_contract(model, spec, add)
     return out
 
 
@@ -284,7 +290,7 @@ def _check_nodes(g, types, consts, functions, model, trt_version, add) -> None:
 def _check_op(n, where, types, consts, trt_version, add) -> None:
     op = n.op_type
     if op in FORBIDDEN:
-        add("op-forbidden", where, f"{op} is forbidden (DESIGN.md section 4): sequential or unsupported in "
+        add("op-forbidden", where, f"{op} is forbidden: sequential or unsupported in "
                                    f"TensorRT; use the chunked scan's fixed ops")
         return
     if op in DATA_DEPENDENT:
@@ -461,39 +467,9 @@ def _check_dims(g, inferred, graph, add) -> None:
                                          f"dynamic axis")
 
 
-def _check_contract(g, types, cfg, graph, prefill_outputs, add) -> None:
-    spec = graph_spec(cfg, graph, prefill_outputs)
-    inits = {t.name for t in g.initializer}
-    got = {"input": {vi.name: vi for vi in g.input if vi.name not in inits},
-           "output": {vi.name: vi for vi in g.output}}
-    for kind, want in (("input", spec.inputs), ("output", spec.outputs)):
-        names = [t.name for t in want]
-        missing = [n for n in names if n not in got[kind]]
-        extra = [n for n in got[kind] if n not in names]
-        if missing:
-            add("contract", f"{kind}s", f"missing {kind}s {', '.join(missing)} (contract: {', '.join(names)})")
-        if extra:
-            add("contract", f"{kind}s", f"unexpected {kind}s {', '.join(extra)} (contract: {', '.join(names)})")
-        for t in want:
-            vi = got[kind].get(t.name)
-            if vi is None:
-                continue
-            et = vi.type.tensor_type.elem_type
-            want_et = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
-            if et != want_et:
-                add("contract", t.name, f"{kind} {t.name} is {TensorProto.DataType.Name(et).lower()}, contract "
-                                        f"says {t.dtype}")
-            d = _dims(vi)
-            if d is None:
-                continue
-            if len(d) != len(t.shape):
-                add("contract", t.name, f"{kind} {t.name} has rank {len(d)}, contract says {len(t.shape)} "
-                                        f"{list(t.shape)}")
-                continue
-            for axis, (have, w) in enumerate(zip(d, t.shape)):
-                if isinstance(w, int) and isinstance(have, int) and have != w:
-                    add("contract", t.name, f"{kind} {t.name} axis {axis} is {have}, contract says {w} "
-                                            f"{list(t.shape)}")
+def _check_contract(model, spec: contract.GraphSpec, add) -> None:
+    for tensor, msg in contract.io_findings(spec, contract.onnx_io(model)):
+        add("contract", tensor, msg)
 
 
 def _ver(v: tuple[int, int]) -> str:
@@ -504,9 +480,9 @@ def _ver(v: tuple[int, int]) -> str:
 
 def lint_export(export_dir, *, cfg: Optional[LRUConfig] = None, prefill_outputs: Optional[str] = None,
                 trt_version: tuple[int, int] = DEFAULT_TRT) -> LintReport:
-    """Lint every <precision>/{prefill,step}.onnx under an export folder, or one .onnx file. The contract check
-    takes the config from manifest.json (key "config"); `cfg` (and `prefill_outputs`) given here win, for a
-    folder whose manifest is not written yet."""
+    """Lint every <precision>/{prefill,step}.onnx under an export folder, or one .onnx file. The contract is
+    the manifest's; `cfg` (and `prefill_outputs`) given here win, for a folder whose manifest is not written
+    yet (export lints before it writes the manifest)."""
     path = Path(export_dir)
     if not path.exists():
         raise InputError(f"{path} does not exist", "pass an export folder (from `lru-deploy export`) or a .onnx file")
@@ -538,10 +514,13 @@ def lint_export(export_dir, *, cfg: Optional[LRUConfig] = None, prefill_outputs:
         if not graphs:
             raise InputError(f"no <precision>/prefill.onnx or <precision>/step.onnx under {path}",
                              "run `lru-deploy export` first, or pass a single .onnx file")
-    if cfg is None:
-        cfg, man_po = _manifest_config(root, add_to("manifest.json"))
-        prefill_outputs = prefill_outputs or man_po
-    prefill_outputs = prefill_outputs or "all"
+    specs = {}
+    if cfg is not None:
+        specs = {g: contract.graph_spec(cfg, g, prefill_outputs or "all") for g in GRAPHS}
+    manifest = None
+    if cfg is None and (root / MANIFEST).is_file():
+        manifest = _manifest(root, add_to(MANIFEST))
+        specs = {g: manifest.spec(g) for g in GRAPHS} if manifest else {}
     for label, f, g in graphs:
         report.graphs.append(label)
         try:
@@ -549,31 +528,22 @@ def lint_export(export_dir, *, cfg: Optional[LRUConfig] = None, prefill_outputs:
         except (OSError, ValueError, DecodeError) as e:
             add_to(label)("load", str(f), f"cannot read the model: {e}")
             continue
-        report.findings += lint_model(model, g, cfg, label=label, prefill_outputs=prefill_outputs,
-                                      trt_version=trt_version)
+        report.findings += lint_model(model, g, label=label, trt_version=trt_version, spec=specs.get(g))
+        if manifest is not None:
+            for p in manifest.limit_problems(model):
+                add_to(label)("manifest", str(f), p)
     log.debug("lint %s: %d finding(s)", path, len(report.findings))
     return report
 
 
-def _manifest_config(root: Path, add) -> tuple[Optional[LRUConfig], str]:
-    mpath = root / "manifest.json"
-    if not mpath.exists():
-        return None, "all"
+def _manifest(root: Path, add) -> Optional[ExportManifest]:
+    """The folder's manifest, verified as every consumer verifies it (format, files, hashes, contract against
+    config); one that fails is a finding, and the graphs are then linted without a contract."""
     try:
-        man = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        add("manifest", str(mpath), f"cannot read manifest.json: {e}; contract not checked")
-        return None, "all"
-    if not isinstance(man, dict) or not isinstance(man.get("config"), dict):
-        add("manifest", str(mpath), "manifest.json has no `config` object; contract not checked")
-        return None, "all"
-    try:
-        cfg = LRUConfig.from_dict(man["config"])
-    except (LRUDeployError, TypeError) as e:
-        add("manifest", str(mpath), f"manifest config is invalid: {e}; contract not checked")
-        return None, "all"
-    po = man.get("prefill_outputs", "all")
-    return cfg, po if po in ("all", "last") else "all"
+        return ExportManifest.read(root)
+    except LRUDeployError as e:
+        add("manifest", MANIFEST, "; ".join([e.message] + e.problems) + " (contract not checked)")
+        return None
 
 
 # ------------------------------------------------------------------ CLI

@@ -1,6 +1,6 @@
 """The reference LRU model (Orvieto et al. 2023), the ground truth every artifact is judged against.
 
-One LRU layer (state size N = d_hidden, width H = d_model), DESIGN.md section 2:
+One LRU layer (state size N = d_hidden, width H = d_model), as in Orvieto et al. 2023:
 
     lambda = exp(-exp(nu_log) + i*exp(theta_log))          (N,) complex, |lambda| < 1
     B_norm = (B_re + i*B_im) * exp(gamma_log)[:, None]      (N, H) complex

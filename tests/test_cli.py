@@ -71,11 +71,20 @@ def test_init_and_info(tmp_path, capsys):
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
-def test_info_of_an_export_folder_prints_its_manifest(tmp_path, capsys):
-    manifest = {"format": "lru-deploy-export-v1", "name": "x", "config": LRUConfig().to_dict()}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert cli.main(["info", str(tmp_path)]) == 0
-    assert json.loads(capsys.readouterr().out) == manifest
+def test_info_of_an_export_folder_prints_its_manifest_once_verified(tmp_path, capsys):
+    model = _init(tmp_path, capsys, vocab_size=11, d_model=4, d_hidden=3, n_layers=1, d_output=11)
+    exp = tmp_path / "exp"
+    assert cli.main(_export_args(model, exp, "--precision", "fp32")) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(exp)]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((exp / "manifest.json").read_text())
+    manifest = json.loads((exp / "manifest.json").read_text())
+    manifest["contract"]["prefill"]["inputs"][1]["shape"] = ["batch", 1, 2, 99]  # a contract the graphs lack
+    (exp / "manifest.json").write_text(json.dumps(manifest))
+    err = _user_error(capsys, ["info", str(exp)])
+    assert "the contract disagrees with the config" in err and "axis 3" in err
+    (exp / "manifest.json").write_bytes(b"\xff\xfe not json")
+    assert "not UTF-8" in _user_error(capsys, ["info", str(exp)])
 
 
 def test_init_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):

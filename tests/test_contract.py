@@ -1,4 +1,4 @@
-"""The I/O contract as data (DESIGN.md section 3): graph specs per config variant, and input checks."""
+"""The I/O contract as data (the two graphs' tensors): graph specs per config variant, and input checks."""
 from __future__ import annotations
 
 import json
@@ -150,7 +150,7 @@ def test_tolerances_are_ordered_and_tighter_than_peers():
     keys = ("atol", "rtol", "rel_l2", "drift_rel_l2")
     for k in keys:
         assert 0 < TOLERANCES["fp32"][k] <= TOLERANCES["fp16"][k] <= TOLERANCES["bf16"][k], k
-    # DESIGN.md section 6, mamba selective-scan tests: fp32 (6e-4, 2e-3), fp16 (3e-3, 5e-3), bf16 (3e-2, 5e-2)
+    # mamba's selective-scan tests: fp32 (6e-4, 2e-3), fp16 (3e-3, 5e-3), bf16 (3e-2, 5e-2)
     assert TOLERANCES["fp32"]["rtol"] <= 6e-4 and TOLERANCES["fp32"]["atol"] <= 2e-3
     assert TOLERANCES["fp16"]["atol"] <= 5e-2 and TOLERANCES["bf16"]["rtol"] <= 1e-1
 

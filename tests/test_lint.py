@@ -14,7 +14,10 @@ from onnx import TensorProto as TP
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
+from lru_deploy import contract
 from lru_deploy.cli import main
+from lru_deploy.files import file_sha256
+from lru_deploy.manifest import ExportManifest
 from lru_deploy.errors import InputError
 from lru_deploy.lint import RULES, Finding, LintReport, lint_export, lint_model
 from lru_deploy.model import LRUConfig
@@ -245,7 +248,7 @@ def test_int64_input_used_as_float_data():
              oh.make_node("Add", ["xc", "pf3"], ["xcp"])]
     _, inputs, _, _ = prefill_parts()
     f = lint_model(with_changes(nodes, inputs=inputs + [extra]), "prefill", CFG)
-    assert {(x.rule, x.where) for x in f} == {("int64-data", "positions"), ("contract", "inputs")}
+    assert {(x.rule, x.where) for x in f} == {("int64-data", "positions"), ("contract", "positions")}
 
 
 def test_token_ids_in_arithmetic():
@@ -294,7 +297,7 @@ def test_contract_names_mismatch():
     f = lint_model(build(nodes, inputs, outputs, inits), "prefill", CFG)
     msgs = [x.message for x in only(f, "contract")]
     assert rules(f) == ["contract"] and len(msgs) == 2
-    assert any("missing inputs state" in s for s in msgs) and any("unexpected inputs h0" in s for s in msgs)
+    assert any("no input 'state'" in s for s in msgs) and any("unexpected tensor 'h0'" in s for s in msgs)
     # a mean-pooling config also wants the pooling tensors
     mean = LRUConfig(vocab_size=16, d_model=8, d_hidden=4, n_layers=1, d_output=16, pooling="mean").validate()
     f2 = lint_model(clean_prefill(), "prefill", mean)
@@ -327,9 +330,16 @@ def write_export(root, prefill=None, step=None, manifest=True, precisions=("fp32
         if step is not False:
             onnx.save(step or clean_step(), str(root / p / "step.onnx"))
     if manifest:
-        (root / "manifest.json").write_text(json.dumps({"format": "lru-deploy-export-v1", "config": CFG.to_dict(),
-                                                        "prefill_outputs": "all"}))
+        write_manifest(root, CFG, precisions, step is not False)
     return root
+
+
+def write_manifest(root, cfg, precisions=("fp32",), with_step=True):
+    """A complete manifest for the graphs under root, as export writes it (hashes included)."""
+    graphs = {p: {g: {"path": f"{p}/{g}.onnx", "sha256": file_sha256(root / p / f"{g}.onnx")}
+                  for g in ("prefill", "step") if (root / p / f"{g}.onnx").exists()} for p in precisions}
+    ExportManifest(name=root.name, config=cfg.to_dict(), contract=contract.contract(cfg), graphs=graphs,
+                   chunk=32, max_seq=64, opset=18, precisions=list(precisions)).write(root)
 
 
 def test_lint_export_clean_and_report(tmp_path):
@@ -340,9 +350,8 @@ def test_lint_export_clean_and_report(tmp_path):
 
 
 def test_lint_export_uses_manifest_config(tmp_path):
-    bad_cfg = dict(CFG.to_dict(), n_layers=2)
-    root = write_export(tmp_path / "exp")
-    (root / "manifest.json").write_text(json.dumps({"config": bad_cfg}))
+    root = write_export(tmp_path / "exp", manifest=False)
+    write_manifest(root, LRUConfig(**dict(CFG.to_dict(), n_layers=2)))
     rep = lint_export(root)
     assert not rep.ok and {f.graph for f in rep.findings} == {"fp32/prefill", "fp32/step"}
     assert {f.rule for f in rep.findings} == {"contract"}
@@ -356,7 +365,8 @@ def test_lint_export_missing_step_and_unreadable(tmp_path):
     (root / "fp16" / "prefill.onnx").write_bytes(b"not a protobuf at all \xff\xfe")
     rep = lint_export(root)
     got = {(f.graph, f.rule) for f in rep.findings}
-    assert got == {("fp32/step", "missing-graph"), ("fp16/step", "missing-graph"), ("fp16/prefill", "load")}
+    assert got == {("fp32/step", "missing-graph"), ("fp16/step", "missing-graph"), ("fp16/prefill", "load"),
+                   ("manifest.json", "manifest")}  # the manifest names a step graph that is not there
 
 
 def test_lint_single_file_and_table(tmp_path):

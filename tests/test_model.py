@@ -1,6 +1,6 @@
-"""The reference model against an independent float64 numpy recurrence (DESIGN.md section 2), and its identities.
+"""The reference model against an independent float64 numpy recurrence (the paper's equations), and its identities.
 
-`np_reference` below reads the weights from the state dict and follows DESIGN.md section 2 step by step,
+`np_reference` below reads the weights from the state dict and follows the paper's equations step by step,
 one position at a time in complex128; it shares no code with lru_deploy.model.
 """
 from __future__ import annotations

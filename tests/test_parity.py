@@ -71,6 +71,13 @@ def perturb_constant(graph: Path, prefix: str, rel: float = 1e-3) -> str:
     raise AssertionError(f"no initializer named {prefix}* in {graph}")
 
 
+def record_hash(folder: Path, precision: str, graph: str) -> None:
+    """Make the manifest record the graph's current sha256, as if it had been exported that way."""
+    m = json.loads((folder / "manifest.json").read_text())
+    m["graphs"][precision][graph]["sha256"] = file_sha256(folder / precision / f"{graph}.onnx")
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
 def polygraphy_argv(command: str) -> list[str]:
     argv = shlex.split(command)
     assert argv[:2] == ["polygraphy", "run"]
@@ -132,11 +139,11 @@ def test_a_constant_perturbed_by_1e_3_fails_and_names_the_output(exports, tmp_pa
     caplog.set_level(logging.INFO, logger="lru_deploy")
     folder = copy_export(exports["tokens"], tmp_path / "bad")
     perturb_constant(folder / "fp32" / f"{graph}.onnx", prefix)
+    record_hash(folder, "fp32", graph)
     rc, out, err = run_check(capsys, folder, "--precision", "fp32", *SMALL)
     assert rc == 1
     assert "FAIL:" in out and "MISS" in out
     assert f"- fp32 {graph} b1" in out and ": outputs: relative L2 error" in out
-    assert "differs from the sha256 recorded in the manifest" in caplog.text  # said, and checked as it is
     report = json.loads((folder / "report" / "report.json").read_text())
     assert report["pass"] is False
     rows = report["precisions"]["fp32"]["rows"]
@@ -145,6 +152,33 @@ def test_a_constant_perturbed_by_1e_3_fails_and_names_the_output(exports, tmp_pa
     assert all(r["pass"] for r in rows if r["case"].startswith(f"{other} "))
     if graph == "step":
         assert not next(r for r in rows if r["kind"] == "drift")["pass"]
+
+
+def test_a_graph_whose_hash_disagrees_with_the_manifest_is_refused_before_any_work(exports, tmp_path, capsys):
+    folder = copy_export(exports["tokens"], tmp_path / "bad")
+    perturb_constant(folder / "fp32" / "step.onnx", "Wc_")
+    rc, out, err = run_check(capsys, folder, "--precision", "fp32", *SMALL)
+    assert rc == 1 and "does not match the sha256 recorded in the manifest" in err and "Traceback" not in err
+    assert not (folder / "report").exists()
+
+
+def test_a_manifest_that_lies_about_the_graphs_is_refused(exports, tmp_path, capsys):
+    folder = copy_export(exports["tokens"], tmp_path / "lie")
+    m = json.loads((folder / "manifest.json").read_text())
+    m["contract"]["step"]["inputs"][1]["shape"][1] += 1  # a wrong state shape
+    (folder / "manifest.json").write_text(json.dumps(m))
+    rc, out, err = run_check(capsys, folder, *SMALL)
+    assert rc == 1 and "the contract disagrees with the config" in err
+    m["contract"]["step"]["inputs"][1]["shape"][1] -= 1
+    m["graphs"]["bf16"] = {}  # a precision with no graphs
+    (folder / "manifest.json").write_text(json.dumps(m))
+    rc, out, err = run_check(capsys, folder, *SMALL)
+    assert rc == 1 and "bf16/prefill: no path recorded" in err
+    del m["graphs"]["bf16"]
+    m["graphs"]["fp32"]["step"]["path"] = "../../etc/passwd"
+    (folder / "manifest.json").write_text(json.dumps(m))
+    rc, out, err = run_check(capsys, folder, *SMALL)
+    assert rc == 1 and "leaves the folder" in err
 
 
 # ---------------------------------------------------------------- the polygraphy run command

@@ -41,11 +41,11 @@ def cmd_build(args) -> int:
                            opt_level=args.opt_level, hardware_compat=args.hardware_compat,
                            version_compatible=args.version_compatible, tf32=args.tf32,
                            workspace_gib=args.workspace, device=args.device, overwrite=args.overwrite)
-    print(f"wrote {out}: prefill.plan, step.plan, {MANIFEST} ({m['gpu']['name']}, compute capability "
-          f"{m['gpu']['compute_capability']}, TensorRT {m['tensorrt']['version']}, {m['precision']}, "
-          f"tf32 {'on' if m['tf32'] else 'off'})")
+    print(f"wrote {out}: prefill.plan, step.plan, {MANIFEST} ({m.gpu['name']}, compute capability "
+          f"{m.gpu['compute_capability']}, TensorRT {m.tensorrt['version']}, {m.precision}, "
+          f"tf32 {'on' if m.tf32 else 'off'})")
     print("equivalent trtexec commands:")
-    for cmd in m["trtexec"].values():
+    for cmd in m.trtexec.values():
         print("  " + cmd)
     return 0
 

@@ -22,12 +22,14 @@ def cmd_init(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ..checkpoints import load_model, read_json, summary
+    from ..checkpoints import load_model, summary
+    from ..manifest import EngineManifest, ExportManifest, folder_kind
     path = Path(args.path)
-    if (path / "config.json").exists():
+    kind = folder_kind(path) if path.is_dir() else None
+    if kind == "model":
         info = summary(load_model(path))
-    elif (path / "manifest.json").exists():
-        info = read_json(path / "manifest.json")
+    elif kind in ("export", "engines"):  # verified first: info never prints a contract the folder does not hold
+        info = (ExportManifest if kind == "export" else EngineManifest).read(path).to_dict()
     else:
         raise InputError(f"{path} is neither a model folder nor an export or engine folder",
                          "a model folder holds config.json; export and engine folders hold manifest.json")

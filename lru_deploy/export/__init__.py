@@ -18,11 +18,11 @@ import onnx
 
 from .. import contract
 from ..checkpoints import checkpoint_sha256, default_model_dir, load_model
-from ..files import file_sha256, staged_dir, write_json
+from ..files import file_sha256, staged_dir
 from ..errors import ExportError
 from ..model import LRUModel, gold
 from ..cases import validation_cases
-from ..manifest import tool_versions
+from ..manifest import ExportManifest, tool_versions
 from .graphs import INTRA, build_prefill, build_step
 from .validate import validate_graphs
 
@@ -70,18 +70,18 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
         if lint:
             from ..lint import lint_export
             report = lint_export(tmp, cfg=model64.cfg, prefill_outputs=prefill_outputs)
-            manifest["lint"] = {"ok": report.ok, "findings": len(report.findings)}
+            manifest.lint = {"ok": report.ok, "findings": len(report.findings)}
             if not report.ok:
                 raise ExportError("the exported graphs fail the TensorRT-readiness lint:", "this is a bug in "
                                   "lru-deploy's exporter; please report it with the table below",
                                   [report.table()])
-        write_json(tmp / "manifest.json", manifest, "export manifest")
+        manifest.write(tmp)
     log.info("export written to %s", out_dir)
     return out_dir
 
 
 def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, precisions, chunk, max_seq, opset,
-                 prefill_outputs, intra, validate, long_seq) -> dict:
+                 prefill_outputs, intra, validate, long_seq) -> ExportManifest:
     cfg = model64.cfg
     cases = validation_cases(chunk, max_seq, min(long_seq, max_seq))
     graphs_meta, validation, problems = {}, {}, []
@@ -109,20 +109,13 @@ def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, preci
         raise ExportError(f"export validation failed ({len(problems)} failure(s)); nothing was written:",
                           "the graphs disagree with the reference beyond the tolerance; a model whose weights are "
                           "extreme may need --precision fp32, otherwise please report this", problems)
-    return {
-        "format": "lru-deploy-export-v1",
-        "name": name,
-        "config": cfg.to_dict(),
-        "model": {"path": str(model_dir.resolve()), "sha256": checkpoint_sha256(model_dir)},
-        "contract": contract.contract(cfg, prefill_outputs),
-        "chunk": chunk, "max_seq": max_seq, "opset": opset, "prefill_outputs": prefill_outputs, "intra": intra,
-        "precisions": list(precisions),
-        "precision_policy": "state, scan, carries, norms and residual stream float32; matmuls, skip, GELU and GLU "
-                            "in the precision's type between explicit Casts",
-        "graphs": graphs_meta,
-        "tools": tool_versions(),
-        "validation": validation,
-        "export_seconds": round(time.perf_counter() - t_start, 2),
-    }
+    return ExportManifest(
+        name=name, config=cfg.to_dict(), contract=contract.contract(cfg, prefill_outputs), graphs=graphs_meta,
+        chunk=chunk, max_seq=max_seq, opset=opset, prefill_outputs=prefill_outputs, intra=intra,
+        precisions=list(precisions),
+        model={"path": str(model_dir.resolve()), "sha256": checkpoint_sha256(model_dir)},
+        precision_policy="state, scan, carries, norms and residual stream float32; matmuls, skip, GELU and GLU "
+                         "in the precision's type between explicit Casts",
+        tools=tool_versions(), validation=validation, export_seconds=round(time.perf_counter() - t_start, 2))
 
 

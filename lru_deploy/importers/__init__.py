@@ -1,4 +1,4 @@
-"""Import checkpoints trained elsewhere into a native model folder (DESIGN.md section 8).
+"""Import checkpoints trained elsewhere into a native model folder.
 
 minimal-LRU (JAX/Flax, NicolasZucchet/minimal-LRU): the bytes of flax.serialization.to_bytes({"params": ...,
 "batch_stats": ...}), read without JAX (msgpack_flax.py). Its network is ours: Dense encoder, layers of

@@ -3,14 +3,14 @@
     lru-deploy check export/default              # ONNX Runtime, every precision of the export
     lru-deploy check engines/default/h100-fp16   # TensorRT
 
-Polygraphy is the comparison engine (DESIGN.md section 6): the gold model is a Polygraphy runner
+Polygraphy is the comparison engine: the gold model is a Polygraphy runner
 (`ReferenceRunner`) beside `OnnxrtRunner` or `TrtRunner`; `Comparator.run` feeds both from a data loader
 holding the shape matrix, and `Comparator.compare_accuracy` with a simple compare function checks every
 element against explicit atol and rtol from contract.TOLERANCES. Our own relative-L2 bound per output is
 computed beside it in float64, from the reference's float64 values.
 
 Beyond single calls, `SegmentsRunner` runs one sequence as several graph calls with the state carried, which
-checks the continuity identities of DESIGN.md section 3 (prefill(a) then prefill(b), prefill then steps,
+checks the continuity identities of the I/O contract (prefill(a) then prefill(b), prefill then steps,
 steps then prefill, each against the reference prefill of the whole sequence) and a long drift run of
 consecutive steps against the reference output at every position. The runners live in parity/runners.py;
 parity/report.py writes the table, report.json, the plot and the Polygraphy files that reproduce a case with
@@ -24,19 +24,21 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import onnx
 from polygraphy.backend.base import BaseRunner
 
 from .. import contract
-from ..checkpoints import checkpoint_sha256, file_sha256, load_model, read_json
+from ..checkpoints import checkpoint_sha256, load_model
 from ..errors import ParityError
+from ..export import DEFAULT_CHUNK
 from ..files import check_destination
+from ..manifest import MANIFEST, EngineManifest, ExportManifest, folder_kind
 from ..cases import random_inputs, rel_l2
 from ..runtime.onnxruntime import emulate_reduced
-from ..model import LRUConfig, LRUModel, gold
+from ..model import LRUModel, gold
 from .runners import ReferenceRunner, SegmentsRunner, run_pair
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class Case:
 
 
 def single_cases(chunk: int, max_seq: int, long_seq: Optional[int]) -> list[Case]:
-    """DESIGN.md section 6: seq 1, T-1, T, T+1, non powers of two, a long one; batch 1 and 3; h0 zero and not."""
+    """seq 1, T-1, T, T+1, non powers of two, a long one; batch 1 and 3; h0 zero and not."""
     T = chunk
     rows = [("seq 1", 1, 1, False), ("seq 1", 3, 1, True), ("chunk edge", 1, T - 1, True),
             ("chunk edge", 3, T, False), ("chunk edge", 3, T + 1, True), ("odd length", 1, 3 * T + 5, True),
@@ -258,11 +260,8 @@ class Target:
 
     folder: Path
     kind: str  # export | engines
-    manifest: dict
-    precisions: list
-    max_seq: int
-    chunk: int
-    prefill_outputs: str
+    manifest: Union[ExportManifest, EngineManifest]
+    chunk: int  # the scan's chunk: the shape matrix tests T-1, T, T+1
     notes: list
     cache: dict = field(default_factory=dict)
 
@@ -270,9 +269,22 @@ class Target:
     def backend(self) -> str:
         return "onnxrt" if self.kind == "export" else "trt"
 
+    @property
+    def precisions(self) -> list:
+        m = self.manifest
+        return list(m.graphs) if self.kind == "export" else [m.precision]
+
+    @property
+    def max_seq(self) -> int:
+        return self.manifest.max_seq
+
+    @property
+    def prefill_outputs(self) -> str:
+        return self.manifest.prefill_outputs
+
     def graph_path(self, precision: str, graph: str) -> Path:
-        entries = self.manifest["graphs"][precision] if self.kind == "export" else self.manifest["engines"]
-        return self.folder / entries[graph]["path"]
+        m = self.manifest
+        return m.graph_path(precision, graph) if self.kind == "export" else m.engine_path(graph)
 
     def model_source(self, precision: str, graph: str):
         """What ONNX Runtime loads: the graph's path, or for bf16 the bytes of its emulating float32 twin."""
@@ -296,52 +308,43 @@ class Target:
         if self.kind == "export":
             return []
         from ..trt_env import profile_problems
-        return profile_problems(graph, self.manifest["profiles"][graph], {k: list(v.shape) for k, v in feeds.items()})
+        return profile_problems(graph, self.manifest.profiles[graph], {k: list(v.shape) for k, v in feeds.items()})
 
     def input_paths(self) -> list[Path]:
         """The files `check` reads from the folder: a report must not replace any of them."""
-        return [self.folder / "manifest.json"] + [self.graph_path(p, g) for p in self.precisions
-                                                  for g in contract.GRAPHS]
+        return [self.folder / MANIFEST] + [self.graph_path(p, g) for p in self.precisions for g in contract.GRAPHS]
 
     def model_entry(self) -> dict:
         """{"path", "sha256"} of the checkpoint the folder was made from ({} when unknown)."""
-        m = self.manifest.get("model") or self._source_manifest().get("model") or {}
-        return m if isinstance(m, dict) else {}
-
-    def _source_manifest(self) -> dict:
-        src = self.manifest.get("source", {}).get("export_dir")
-        if self.kind != "engines" or not src or not (Path(src) / "manifest.json").is_file():
-            return {}
-        return read_json(Path(src) / "manifest.json")
+        if self.kind == "export":
+            return self.manifest.model
+        src = self.manifest.source_export()
+        return ExportManifest.read(src, verify=False).model if src else {}
 
 
 def open_target(folder) -> Target:
-    from ..manifest import EXPORT_FORMAT, FORMAT, read_engine_manifest, read_export_manifest
+    """The folder's manifest, verified: hashes, the contract against the config and against the graphs."""
     folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
-        raise ParityError(f"{folder} is neither an export folder nor an engine folder (no manifest.json)",
+    kind = folder_kind(folder)
+    if kind not in ("export", "engines"):
+        raise ParityError(f"{folder} is neither an export folder nor an engine folder",
                           "pass the folder that `lru-deploy export` or `lru-deploy build` wrote")
-    fmt = read_json(folder / "manifest.json").get("format")
     notes = []
-    if fmt == EXPORT_FORMAT:
-        m = read_export_manifest(folder, verify=False)  # a changed graph is checked as it is, with a note
-        files = {f"{p}/{g}": e for p, gs in m["graphs"].items() for g, e in gs.items()}
-        t = Target(folder, "export", m, list(m["graphs"]), int(m["max_seq"]), int(m.get("chunk", 64)),
-                   m.get("prefill_outputs", "all"), notes)
-    elif fmt == FORMAT:
-        m = read_engine_manifest(folder, verify=False)
-        files = dict(m["engines"])
-        t = Target(folder, "engines", m, [m.get("precision", "fp32")], int(m["max_seq"]), 64,
-                   m.get("prefill_outputs", "all"), notes)
-        t.chunk = int(t._source_manifest().get("chunk", 64))
-    else:
-        raise ParityError(f"{folder}/manifest.json has format {fmt!r}, which `check` does not know",
-                          f"check an export folder ({EXPORT_FORMAT}) or an engine folder ({FORMAT})")
-    for key, e in files.items():
-        if e.get("sha256") and file_sha256(folder / e["path"]) != e["sha256"]:
-            notes.append(f"{key}: {e['path']} differs from the sha256 recorded in the manifest (changed since it "
-                         f"was written); checking the file as it is")
-    return t
+    if kind == "export":
+        m = ExportManifest.read(folder)
+        problems = m.graph_problems()
+        if problems:
+            raise ParityError(f"the graphs in {folder} disagree with its manifest:", m._fix_hint(), problems)
+        return Target(folder, kind, m, m.chunk, notes)
+    m = EngineManifest.read(folder)
+    chunk = m.chunk
+    if not chunk:  # engine folders written before the chunk was recorded: ask their export
+        src = m.source_export()
+        chunk = ExportManifest.read(src, verify=False).chunk if src else DEFAULT_CHUNK
+        if not src:
+            notes.append(f"the engine manifest does not record the scan's chunk and its export is gone; the shape "
+                         f"matrix assumes the default chunk {DEFAULT_CHUNK}")
+    return Target(folder, kind, m, chunk, notes)
 
 
 def tolerances(precision: str, atol: Optional[float] = None, rtol: Optional[float] = None) -> tuple[dict, list]:
@@ -387,12 +390,12 @@ def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Op
     out = Path(report_dir) if report_dir else target.folder / "report"
     check_destination(out, "check", reads=target.input_paths() + [model_dir], overwrite=overwrite, flag="--report")
     model64 = gold(load_model(model_dir))
-    if model64.cfg.to_dict() != LRUConfig.from_dict(target.manifest["config"]).to_dict():
+    if model64.cfg.to_dict() != target.manifest.cfg.to_dict():
         raise ParityError(f"the model at {model_dir} has another config than the one {target.folder} was made from",
                           "pass --model with the checkpoint this folder was exported from")
     if target.kind == "engines":
         from ..trt_env import ensure_compatible, preflight
-        ensure_compatible(target.manifest, preflight(), f"engine folder {target.folder}")
+        ensure_compatible(target.manifest.to_dict(), preflight(), f"engine folder {target.folder}")
     if not quick and long_seq > target.max_seq:
         target.notes.append(f"the long case is clipped to this folder's max_seq {target.max_seq} (--long-seq "
                             f"{long_seq}); the runtime splits longer prompts, which the continuity cases cover")

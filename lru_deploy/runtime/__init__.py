@@ -19,6 +19,7 @@ import numpy as np
 from .base import Session, State, sample  # noqa: F401  (the runtime's public API)
 from .reference import ReferenceSession
 from ..errors import InputError
+from ..manifest import EngineManifest, ExportManifest, folder_kind
 
 log = logging.getLogger(__name__)
 
@@ -26,29 +27,18 @@ log = logging.getLogger(__name__)
 BACKENDS = {"reference": "model", "onnxruntime": "export", "tensorrt": "engines"}  # backend -> folder it runs
 
 
-def target_kind(target: str | Path) -> Optional[str]:
-    """'model' (config.json), 'export' (manifest.json with graphs), 'engines' (manifest.json with engines), or None."""
-    from ..checkpoints import read_json
-    target = Path(target)
-    if (target / "config.json").is_file():
-        return "model"
-    if (target / "manifest.json").is_file():
-        m = read_json(target / "manifest.json")
-        return "engines" if "engines" in m else "export" if "graphs" in m else None
-    return None
-
-
 def _upstream(target: Path, kind: str) -> Optional[Path]:
     """The folder an export (its model) or an engine folder (its export) was made from, if it still exists."""
-    from ..checkpoints import read_json
-    m = read_json(target / "manifest.json")
-    rec = m.get("source", {}).get("export_dir") if kind == "engines" else m.get("model", {}).get("path")
+    if kind == "engines":
+        rec = EngineManifest.read(target, verify=False).source.get("export_dir")
+    else:
+        rec = ExportManifest.read(target, verify=False).model.get("path")
     if not rec:
         return None
     p = Path(rec)
     for cand in ([p] if p.is_absolute() else [p, target / p]):
         folder = cand if cand.is_dir() else cand.parent  # a model path may name model.safetensors
-        if target_kind(folder) == ("export" if kind == "engines" else "model"):
+        if folder_kind(folder) == ("export" if kind == "engines" else "model"):
             return folder
     return None
 
@@ -62,7 +52,7 @@ def open_session(target: str | Path, backend: Optional[str] = None, **kwargs) ->
     """
     from ..checkpoints import load_model
     target = Path(target)
-    kind = target_kind(target)
+    kind = folder_kind(target)
     if kind is None:
         raise InputError(f"{target} is neither a model, an export nor an engine folder",
                          "a model folder holds config.json; export and engine folders hold manifest.json")
@@ -71,8 +61,8 @@ def open_session(target: str | Path, backend: Optional[str] = None, **kwargs) ->
         raise InputError(f"unknown backend {backend!r}", f"one of {', '.join(BACKENDS)}")
     folder = target
     order = ["engines", "export", "model"]
-    while folder is not None and target_kind(folder) != BACKENDS[backend]:
-        k = target_kind(folder)
+    while folder is not None and folder_kind(folder) != BACKENDS[backend]:
+        k = folder_kind(folder)
         folder = _upstream(folder, k) if order.index(k) < order.index(BACKENDS[backend]) else None
     if folder is None:
         raise InputError(f"backend {backend} needs {'an' if backend != 'reference' else 'a'} "

@@ -22,21 +22,22 @@ class Session:
     backend = "base"
     max_seq: Optional[int] = None  # longest prefill one call takes; longer inputs are split
 
-    def __init__(self, cfg: LRUConfig):
+    def __init__(self, cfg: LRUConfig, prefill_spec: Optional[contract.GraphSpec] = None,
+                 step_spec: Optional[contract.GraphSpec] = None):
+        """The specs come from the folder's manifest where there is one; by default from the config."""
         self.cfg = cfg
-        self.prefill_spec = contract.graph_spec(cfg, "prefill")
-        self.step_spec = contract.graph_spec(cfg, "step")
+        self.prefill_spec = prefill_spec or contract.graph_spec(cfg, "prefill")
+        self.step_spec = step_spec or contract.graph_spec(cfg, "step")
+        self.input_name = self.step_spec.model_inputs[0].name
 
     # --- to implement per backend: one call of a graph on validated feeds -> dict of outputs
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def zero_state(self, batch: int) -> State:
-        st = {"state": np.zeros((batch, self.cfg.n_layers, 2, self.cfg.d_hidden), np.float32)}
-        if self.cfg.pooling == "mean":
-            st["pool_sum"] = np.zeros((batch, self.cfg.d_model), np.float32)
-            st["pool_count"] = np.zeros((batch, 1), np.float32)
-        return st
+        """The start of a sequence: every state input of the contract, zero-filled."""
+        return {t.name: np.zeros([batch if d == "batch" else d for d in t.shape], t.dtype)
+                for t in self.step_spec.state_inputs}
 
     def _feeds(self, spec: contract.GraphSpec, inputs: np.ndarray, state: Optional[State]) -> dict:
         inputs = np.asarray(inputs)
@@ -44,22 +45,22 @@ class Session:
             inputs = inputs.astype(np.int64)
         batch = inputs.shape[0] if inputs.ndim else 1
         st = self.zero_state(batch) if state is None else {k: np.asarray(v) for k, v in state.items()}
-        feeds = {contract.input_name(self.cfg): inputs, **st}
+        feeds = {self.input_name: inputs, **st}
         contract.validate_arrays(spec, feeds, self.cfg)
         return feeds
 
     def prefill(self, inputs, state: Optional[State] = None) -> tuple[np.ndarray, State]:
         """Run a sequence. Longer than max_seq: split into several calls with the state carried (exact)."""
         feeds = self._feeds(self.prefill_spec, inputs, state)
-        name = contract.input_name(self.cfg)
+        name = self.input_name
         x = feeds.pop(name)
         seq = x.shape[1]
         chunk = self.max_seq or seq
         outs, st = [], feeds
         for start in range(0, seq, chunk):
             res = self._run("prefill", {name: np.ascontiguousarray(x[:, start:start + chunk]), **st})
-            outs.append(res["outputs"])
-            st = _state_from_outputs(res)
+            outs.append(res[contract.OUTPUTS])
+            st = contract.carry(self.prefill_spec, res)
         if len(outs) == 1 or outs[0].ndim == 2:
             out = outs[-1]  # pooled outputs: the last call's value covers the whole sequence
         else:
@@ -69,7 +70,7 @@ class Session:
     def step(self, inputs, state: Optional[State] = None) -> tuple[np.ndarray, State]:
         feeds = self._feeds(self.step_spec, inputs, state)
         res = self._run("step", feeds)
-        return res["outputs"], _state_from_outputs(res)
+        return res[contract.OUTPUTS], contract.carry(self.step_spec, res)
 
     def generate(self, prompt_ids, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
                  seed: int = 0) -> Iterator[np.ndarray]:
@@ -107,11 +108,3 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Ge
     cdf = np.cumsum(p, axis=-1)
     cdf /= cdf[:, -1:]
     return np.minimum((cdf <= u[:, None]).sum(axis=-1), z.shape[-1] - 1).astype(np.int64)
-
-
-def _state_from_outputs(res: dict[str, np.ndarray]) -> State:
-    st = {"state": res["state_out"]}
-    if "pool_sum_out" in res:
-        st["pool_sum"] = res["pool_sum_out"]
-        st["pool_count"] = res["pool_count_out"]
-    return st

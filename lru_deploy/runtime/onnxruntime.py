@@ -24,15 +24,15 @@ import numpy as np
 import onnx
 
 from .. import contract
-from ..manifest import read_export_manifest
+from ..manifest import ExportManifest
 from ..errors import ExportError, InputError
-from ..model import LRUConfig
 from .base import Session
 
 log = logging.getLogger(__name__)
 
 
 CPU_PREFILL_SPLIT = 4096
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
 
 
 class OnnxruntimeSession(Session):
@@ -45,15 +45,13 @@ class OnnxruntimeSession(Session):
         import onnxruntime as ort
 
         folder = Path(export_dir)
-        m = read_export_manifest(folder, precision, verify)
-        cfg = LRUConfig.from_dict(m["config"])
-        super().__init__(cfg)
-        self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
+        m = ExportManifest.read(folder, precision=precision, verify=verify)
+        super().__init__(m.cfg, m.spec("prefill"), m.spec("step"))
         self.precision = precision
         # Longer prompts are split into calls of at most this many positions (exact: the state is carried).
         # On the CPU, calls of ~4096 keep the activations in cache: 1.26x faster at seq 65536 and 112 MB
         # instead of 398 MB beyond the outputs (benchmarks/RESULTS.md).
-        self.max_seq = min(int(m["max_seq"]), split or int(m["max_seq"]))
+        self.max_seq = min(m.max_seq, split or m.max_seq)
         available = ort.get_available_providers()
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         missing = [p for p in self.providers if p not in available]
@@ -62,17 +60,16 @@ class OnnxruntimeSession(Session):
                              "CUDAExecutionProvider comes with onnxruntime-gpu: pip install 'lru-deploy[gpu]'")
         self._sessions, self._outputs, problems = {}, {}, []
         for graph in contract.GRAPHS:
-            sess, self.mode = ort_session(folder / m["graphs"][precision][graph]["path"], precision,
-                                          providers=self.providers)
-            io = {i.name: ("input", None) for i in sess.get_inputs()}
-            io.update({o.name: ("output", None) for o in sess.get_outputs()})
+            sess, self.mode = ort_session(m.graph_path(precision, graph), precision, providers=self.providers)
+            io = {i.name: ("input", _ORT_TYPES.get(i.type), i.shape) for i in sess.get_inputs()}
+            io.update({o.name: ("output", _ORT_TYPES.get(o.type), o.shape) for o in sess.get_outputs()})
             spec = self.prefill_spec if graph == "prefill" else self.step_spec
             problems += contract.io_problems(graph, spec, io)
             self._sessions[graph] = sess
             self._outputs[graph] = spec.output_names
         if problems:
-            raise ExportError(f"the {precision} graphs in {folder} do not follow the I/O contract:",
-                              "export again with the current lru-deploy", problems)
+            raise ExportError(f"the {precision} graphs in {folder} disagree with the contract in its manifest:",
+                              f"export again: lru-deploy export MODEL_DIR --out {folder} --overwrite", problems)
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self._outputs[graph]
