@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The TensorRT Python API as .pyi files, for tests/test_tensorrt_api.py. Installed without its dependencies (it
+# requires tensorrt itself) into a folder of its own that is not on sys.path, so `tensorrt` stays un-importable.
+TRT_STUBS := $(VENV)/tensorrt-stubs
+TRT_STUBS_VERSION := 10.13.0.35.1
 
 .PHONY: demo test install clean
 
@@ -14,12 +18,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(TRT_STUBS)/.installed: | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target $(TRT_STUBS) tensorrt-stubs==$(TRT_STUBS_VERSION)
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lru-deploy demo
 
-test: $(STAMP)
+test: $(STAMP) $(TRT_STUBS)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -39,9 +39,10 @@ int main(int argc, char** argv) {
                   << "gpu=" << m.gpu_name << "\n"
                   << "compute_capability=" << m.compute_capability << "\n"
                   << "tensorrt=" << m.trt_version << "\n"
-                  << "hardware_compat=" << m.hardware_compat << "\n";
-        std::string same = verdict(compatibility_problems(m, {m.gpu_name, m.compute_capability, m.trt_version}));
-        std::string t4 = verdict(compatibility_problems(m, {"Tesla T4", "7.5", m.trt_version}));
+                  << "hardware_compat=" << m.hardware_compat << "\n"
+                  << "platform=" << m.platform << "\n";
+        std::string same = verdict(compatibility_problems(m, {m.gpu_name, m.compute_capability, m.trt_version, m.platform}));
+        std::string t4 = verdict(compatibility_problems(m, {"Tesla T4", "7.5", m.trt_version, m.platform}));
         for (auto& c : t4)
             if (c == '\n') c = ' ';
         std::cout << "compat_same=" << same << "\n" << "compat_t4=" << t4 << "\n";

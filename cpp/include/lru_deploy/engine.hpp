@@ -8,13 +8,16 @@
 // The state never leaves the GPU: each call reads one of two ping-pong buffers and writes the other (input and
 // output never share a buffer). Tensor names, shapes and dtypes come from the folder's manifest.json (the I/O
 // contract); every shape is checked against the engine's optimization profile before enqueue; the step is
-// captured in a CUDA graph (one per ping-pong direction) where the engine allows. Errors throw
+// captured in a CUDA graph where the engine allows (one per ping-pong direction, each from an execution context
+// of its own that stays bound to that direction's buffers). Errors throw
 // lru_deploy::Error with a message that names the problem and the fix.
 #pragma once
 
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
 
+#include <climits>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -28,8 +31,22 @@
 
 namespace lru_deploy {
 
+// A CUDA error as the user can act on it. The runtime reports "driver version is insufficient" also where no
+// driver is installed at all; cudaDriverGetVersion gives 0 then.
+inline std::string cuda_message(cudaError_t e) {
+    int driver = -1;
+    if (cudaDriverGetVersion(&driver) == cudaSuccess && driver == 0)
+        return "no NVIDIA driver is installed (the CUDA driver library could not be found)";
+    if (e == cudaErrorInsufficientDriver && driver > 0)
+        return "the NVIDIA driver supports CUDA " + std::to_string(driver / 1000) + "." +
+               std::to_string(driver % 1000 / 10) + ", older than the CUDA runtime " +
+               std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10) +
+               " this program was built with: update the driver or build with an older CUDA toolkit";
+    return cudaGetErrorString(e);
+}
+
 inline void cuda_check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+    if (e != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cuda_message(e));
 }
 
 class TrtLogger : public nvinfer1::ILogger {
@@ -49,8 +66,41 @@ inline RunningInfo running_info(int device) {
     cuda_check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
     const int v = getInferLibVersion();  // major * 10000 + minor * 100 + patch (TensorRT 10 and later)
     return {p.name, std::to_string(p.major) + "." + std::to_string(p.minor),
-            std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100)};
+            std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100),
+            current_platform()};
 }
+
+// A CUDA stream and a CUDA graph executable that free themselves, also when a constructor throws midway.
+class Stream {
+public:
+    Stream() { cuda_check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
+    ~Stream() {
+        if (s_) cudaStreamDestroy(s_);
+    }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    cudaStream_t get() const { return s_; }
+
+private:
+    cudaStream_t s_ = nullptr;
+};
+
+class GraphExec {
+public:
+    GraphExec() = default;
+    ~GraphExec() { reset(); }
+    GraphExec(const GraphExec&) = delete;
+    GraphExec& operator=(const GraphExec&) = delete;
+    void reset(cudaGraphExec_t e = nullptr) {
+        if (e_) cudaGraphExecDestroy(e_);
+        e_ = e;
+    }
+    cudaGraphExec_t get() const { return e_; }
+    explicit operator bool() const { return e_ != nullptr; }
+
+private:
+    cudaGraphExec_t e_ = nullptr;
+};
 
 // Device memory that grows on demand; cudaMalloc's 256-byte alignment is what TensorRT requires.
 class DeviceBuffer {
@@ -87,6 +137,7 @@ public:
     explicit Engines(const std::string& folder, int device = 0, bool cuda_graphs = true)
         : m_(Manifest::load(folder)), use_graphs_(cuda_graphs) {
         cuda_check(cudaSetDevice(device), "cudaSetDevice");
+        stream_ = std::make_unique<Stream>();
         const std::vector<std::string> problems = compatibility_problems(m_, running_info(device));
         if (!problems.empty())
             throw Error(join_problems("engine folder " + folder + " cannot run here:", problems,
@@ -97,10 +148,18 @@ public:
         if (m_.version_compatible) runtime_->setEngineHostCodeAllowed(true);  // a lean runtime rides in the plan
         load(graphs_[0], folder + "/" + m_.prefill_path, "prefill", m_.prefill);
         load(graphs_[1], folder + "/" + m_.step_path, "step", m_.step);
-        cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
         x_name_ = m_.prefill.inputs.at(0).name;
         max_seq_ = graphs_[0].profile.at(x_name_).max.at(1);
-        max_batch_ = std::min(graphs_[0].profile.at("state").max.at(0), graphs_[1].profile.at("state").max.at(0));
+        // The state buffers serve both graphs, so both must take the same batches (lru-deploy build gives them
+        // one --batch range); each call is still checked against its own graph's profile.
+        const std::pair<int64_t, int64_t> pb = batch_range(graphs_[0]), sb = batch_range(graphs_[1]);
+        if (pb != sb)
+            throw Error("the engines in " + folder + " take different batch sizes: prefill " +
+                        std::to_string(pb.first) + ".." + std::to_string(pb.second) + ", step " +
+                        std::to_string(sb.first) + ".." + std::to_string(sb.second) +
+                        "; the state passes between them\nhint: build both from one range: lru-deploy build "
+                        "EXPORT_DIR --batch MIN:OPT:MAX");
+        max_batch_ = sb.second;
         for (size_t i = 1; i < m_.step.inputs.size(); ++i) {
             const TensorSpec& in = m_.step.inputs[i];
             if (m_.step.outputs.at(i).name != in.name + "_out")
@@ -114,10 +173,7 @@ public:
     }
 
     ~Engines() {
-        for (auto& g : graphs_)
-            for (auto& e : g.exec)
-                if (e) cudaGraphExecDestroy(e);
-        if (stream_) cudaStreamDestroy(stream_);
+        if (stream_) cudaStreamSynchronize(stream_->get());  // members then free themselves
     }
     Engines(const Engines&) = delete;
     Engines& operator=(const Engines&) = delete;
@@ -136,8 +192,8 @@ public:
         batch_ = batch;
         for (size_t i = 0; i < state_names_.size(); ++i)
             cuda_check(cudaMemsetAsync(slot(i, cur_).get(), 0, static_cast<size_t>(batch_ * state_row_[i]) * 4,
-                                       stream_), "cudaMemsetAsync");
-        cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+                                       stream()), "cudaMemsetAsync");
+        cuda_check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
     }
 
     // Token models: ids int64 [batch, seq] row-major -> outputs [batch, seq, d_output] (or [batch, d_output] when
@@ -165,29 +221,34 @@ public:
     // The current state [batch, n_layers, 2, d_hidden], copied to the host (apps rarely need it).
     std::vector<float> state() {
         std::vector<float> h(static_cast<size_t>(batch_ * state_row_.at(0)));
-        cuda_check(cudaMemcpyAsync(h.data(), slot(0, cur_).get(), h.size() * 4, cudaMemcpyDeviceToHost, stream_),
+        cuda_check(cudaMemcpyAsync(h.data(), slot(0, cur_).get(), h.size() * 4, cudaMemcpyDeviceToHost, stream()),
                    "cudaMemcpyAsync");
-        cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        cuda_check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
         return h;
     }
 
 private:
+    // One engine. The step has one execution context per ping-pong direction (context[s] reads the state from
+    // slot s and writes slot 1 - s), so each context stays bound to one set of addresses and the CUDA graph
+    // captured from it stays valid; the prefill uses context[0] only. Contexts of one engine share its
+    // optimization profile 0, which TensorRT allows for contexts that do not run concurrently (ours run in turn
+    // on one stream).
     struct Graph {
         std::string name;
-        std::unique_ptr<nvinfer1::ICudaEngine> engine;
-        std::unique_ptr<nvinfer1::IExecutionContext> context;
+        std::unique_ptr<nvinfer1::ICudaEngine> engine;                // declared first: destroyed last
+        std::unique_ptr<nvinfer1::IExecutionContext> context[2];
         Profile profile;  // read from the engine itself
         DeviceBuffer x, out;
-        cudaGraphExec_t exec[2] = {nullptr, nullptr};
+        GraphExec exec[2];
         std::map<std::string, void*> exec_addrs[2];
         int64_t exec_batch = -1;
     };
 
     TrtLogger logger_;
     Manifest m_;
+    std::unique_ptr<Stream> stream_;
     std::unique_ptr<nvinfer1::IRuntime> runtime_;
     Graph graphs_[2];
-    cudaStream_t stream_ = nullptr;
     std::string x_name_;
     std::vector<std::string> state_names_;
     std::vector<int64_t> state_row_;
@@ -196,6 +257,16 @@ private:
     int64_t max_seq_ = 0, max_batch_ = 0, batch_ = 0;
     bool use_graphs_;
 
+    // The batch sizes every input of a graph's profile admits (axis 0 of each).
+    static std::pair<int64_t, int64_t> batch_range(const Graph& g) {
+        int64_t lo = 0, hi = INT64_MAX;
+        for (const auto& kv : g.profile) {
+            lo = std::max(lo, kv.second.min.at(0));
+            hi = std::min(hi, kv.second.max.at(0));
+        }
+        return {lo, hi};
+    }
+    cudaStream_t stream() const { return stream_->get(); }
     static void require(bool ok, const std::string& msg) {
         if (!ok) throw Error(msg);
     }
@@ -253,8 +324,10 @@ private:
         if (!problems.empty())
             throw Error(join_problems("the " + name + " engine does not follow the I/O contract of its manifest:",
                                       problems, "build the engines again from a current export"));
-        g.context.reset(g.engine->createExecutionContext());
-        if (!g.context) throw Error("TensorRT could not create an execution context (out of GPU memory?)");
+        for (int k = 0; k < (name == "step" ? 2 : 1); ++k) {
+            g.context[k].reset(g.engine->createExecutionContext());
+            if (!g.context[k]) throw Error("TensorRT could not create an execution context (out of GPU memory?)");
+        }
         for (const auto& t : c.inputs) {
             const char* n = t.name.c_str();
             g.profile[t.name] = {from_dims(g.engine->getProfileShape(n, 0, nvinfer1::OptProfileSelector::kMIN)),
@@ -307,7 +380,7 @@ private:
         std::map<std::string, void*> addrs;
         addrs[x_name_] = g.x.ensure(static_cast<size_t>(rows * seq) * pos_bytes);
         cuda_check(cudaMemcpyAsync(addrs[x_name_], x_host, static_cast<size_t>(batch_ * seq) * pos_bytes,
-                                   cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+                                   cudaMemcpyHostToDevice, stream()), "cudaMemcpyAsync");
         const TensorSpec& o = c.outputs.at(0);
         const size_t out_elems = static_cast<size_t>(batch_ * row_elems(o, seq));
         addrs[o.name] = g.out.ensure(static_cast<size_t>(rows * row_elems(o, seq)) * 4);
@@ -317,9 +390,9 @@ private:
         }
         execute(g, shapes, addrs, in);
         std::vector<float> host(out_elems);
-        cuda_check(cudaMemcpyAsync(host.data(), addrs[o.name], out_elems * 4, cudaMemcpyDeviceToHost, stream_),
+        cuda_check(cudaMemcpyAsync(host.data(), addrs[o.name], out_elems * 4, cudaMemcpyDeviceToHost, stream()),
                    "cudaMemcpyAsync");
-        cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        cuda_check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
         cur_ = out;
         return host;
     }
@@ -327,37 +400,35 @@ private:
     void execute(Graph& g, const std::map<std::string, std::vector<int64_t>>& shapes,
                  const std::map<std::string, void*>& addrs, int in) {
         const bool graph = use_graphs_ && g.name == "step";
+        nvinfer1::IExecutionContext& ctx = *g.context[g.name == "step" ? in : 0];
         if (graph) {
             if (g.exec_batch != batch_) {  // a CUDA graph holds the shapes it was captured with
-                for (auto& e : g.exec) {
-                    if (e) cudaGraphExecDestroy(e);
-                    e = nullptr;
-                }
+                for (auto& e : g.exec) e.reset();
                 g.exec_batch = batch_;
             }
-            if (g.exec[in] && g.exec_addrs[in] == addrs) {
-                cuda_check(cudaGraphLaunch(g.exec[in], stream_), "cudaGraphLaunch");
+            if (g.exec[in] && g.exec_addrs[in] == addrs) {  // ctx is still bound to exactly these addresses
+                cuda_check(cudaGraphLaunch(g.exec[in].get(), stream()), "cudaGraphLaunch");
                 return;
             }
         }
         for (const auto& kv : shapes)
-            if (!g.context->setInputShape(kv.first.c_str(), to_dims(kv.second)))
+            if (!ctx.setInputShape(kv.first.c_str(), to_dims(kv.second)))
                 throw Error("TensorRT refused the shape of " + kv.first + " for the " + g.name + " engine");
         for (const auto& kv : addrs)
-            if (!g.context->setTensorAddress(kv.first.c_str(), kv.second))
+            if (!ctx.setTensorAddress(kv.first.c_str(), kv.second))
                 throw Error("TensorRT refused the buffer of " + kv.first + " for the " + g.name + " engine");
-        if (!g.context->enqueueV3(stream_))
+        if (!ctx.enqueueV3(stream()))
             throw Error("TensorRT failed to run the " + g.name + " engine (see TensorRT's messages above)");
         if (!graph) return;
-        // TensorRT wants one plain enqueue after a change (done above), then the capture.
-        cuda_check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-        const bool ok = g.context->enqueueV3(stream_);
+        // As trtexec does: one plain enqueue with these shapes and addresses (above), finished before the capture.
+        cuda_check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+        cuda_check(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        const bool ok = ctx.enqueueV3(stream());
         cudaGraph_t captured = nullptr;
-        const cudaError_t end = cudaStreamEndCapture(stream_, &captured);
+        const cudaError_t end = cudaStreamEndCapture(stream(), &captured);
         cudaGraphExec_t exec = nullptr;
         if (ok && end == cudaSuccess && captured && cudaGraphInstantiateWithFlags(&exec, captured, 0) == cudaSuccess) {
-            if (g.exec[in]) cudaGraphExecDestroy(g.exec[in]);
-            g.exec[in] = exec;
+            g.exec[in].reset(exec);
             g.exec_addrs[in] = addrs;
         } else {
             cudaGetLastError();  // clear the capture error; step with plain enqueues from now on

@@ -1,6 +1,6 @@
 // lru-deploy engine folders in C++17, without TensorRT or CUDA: a minimal JSON reader, the engine manifest
 // (manifest.json, format "lru-deploy-engines-v1"), and the checks the runtime makes before it loads anything:
-// GPU / TensorRT compatibility (the same rules as lru_deploy/engines.py) and optimization-profile bounds.
+// GPU / TensorRT / platform compatibility (the rules of lru_deploy/trt_env.py) and optimization-profile bounds.
 // engine.hpp builds the TensorRT runtime on top of this; this header alone compiles anywhere.
 #pragma once
 
@@ -226,12 +226,30 @@ using Profile = std::map<std::string, ProfileRange>;  // input name -> range
 
 struct RunningInfo {
     std::string gpu_name, compute_capability, trt_version;  // "NVIDIA H100 80GB HBM3", "9.0", "10.3.0"
+    std::string platform;  // "linux-x86_64" (current_platform()); empty: not compared
 };
+
+// The platform as the Python side writes it into the manifest (platform.system() and platform.machine(),
+// lower case): "linux-x86_64", "linux-aarch64", "windows-amd64", "windows-arm64"; empty where this header does not
+// know the system or the CPU (then the platform is not compared).
+inline std::string current_platform() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+    return "linux-x86_64";
+#elif defined(__linux__) && defined(__aarch64__)
+    return "linux-aarch64";
+#elif defined(_WIN32) && defined(_M_X64)
+    return "windows-amd64";
+#elif defined(_WIN32) && defined(_M_ARM64)
+    return "windows-arm64";
+#else
+    return "";
+#endif
+}
 
 struct Manifest {
     std::string folder, name, precision, prefill_outputs;
     std::string prefill_path, step_path;
-    std::string gpu_name, compute_capability, trt_version, hardware_compat, export_dir;
+    std::string gpu_name, compute_capability, trt_version, hardware_compat, export_dir, platform;
     bool version_compatible = false, tf32 = false;
     int64_t n_layers = 0, d_hidden = 0, d_model = 0, d_output = 0, vocab_size = 0, d_input = 0;
     std::string pooling;
@@ -261,6 +279,7 @@ struct Manifest {
         m.compute_capability = j["gpu"]["compute_capability"].str();
         m.trt_version = j["tensorrt"]["version"].str();
         m.hardware_compat = j.has("hardware_compat") ? j["hardware_compat"].str() : "none";
+        m.platform = j.has("platform") ? j["platform"].str() : "";
         m.version_compatible = j.has("version_compatible") && j["version_compatible"].flag();
         m.tf32 = j.has("tf32") && j["tf32"].flag();
         m.export_dir = j.has("source") && j["source"].has("export_dir") ? j["source"]["export_dir"].str() : "";
@@ -306,7 +325,7 @@ private:
     }
 };
 
-// ------------------------------------------------------------------ checks (the rules of lru_deploy/engines.py)
+// ------------------------------------------------------------------ checks (the rules of lru_deploy/trt_env.py)
 
 inline std::vector<int> version_numbers(const std::string& v) {
     std::vector<int> out;
@@ -319,28 +338,46 @@ inline std::vector<int> version_numbers(const std::string& v) {
     return out;
 }
 
-// Why an engine folder cannot run on this GPU and TensorRT; empty when it can. A plain engine runs only with
-// the TensorRT that built it (compared on the components both versions have) and only on the GPU model that
-// built it; version-compatible engines run on the same or a later TensorRT (built with 8.6 or later);
-// hardware_compat "same-cc" runs on any GPU of the same compute capability, "ampere+" on 8.0 and newer.
+// major.minor.patch of a TensorRT version, missing parts 0: the manifest holds Python's four-part
+// trt.__version__ ("10.13.0.35"), running_info() the three parts of getInferLibVersion() ("10.13.0"); both name
+// the same release.
+inline std::vector<int> release(const std::string& v) {
+    std::vector<int> r = version_numbers(v);
+    r.resize(3, 0);
+    return r;
+}
+
+// Why an engine built with TensorRT `built` cannot run with TensorRT `running`; empty when it can (the rule of
+// lru_deploy/trt_env.py's version_problem). Compared as major.minor.patch. A plain engine runs only with the
+// release that built it. A version-compatible one (built with 8.6 or later) runs with the same or a later release
+// of its major, and across majors only from 8 to 10 and from 10 to 11 (NVIDIA's support matrix).
+inline std::string version_problem(const std::string& built, const std::string& running, bool version_compatible) {
+    const std::vector<int> b = release(built), r = release(running);
+    if (!version_compatible) {
+        if (b != r)
+            return "built with TensorRT " + built + ", this is TensorRT " + running + "; an engine runs only with "
+                   "the TensorRT release that built it unless built with --version-compatible";
+        return "";
+    }
+    if (b < std::vector<int>{8, 6, 0})
+        return "marked version-compatible but built with TensorRT " + built + "; version compatibility starts at 8.6";
+    if (r < b)
+        return "TensorRT " + running + " is older than the " + built + " that built this version-compatible "
+               "engine (it runs on the same or a later TensorRT only)";
+    const bool cross_ok = (b[0] == 8 && r[0] == 10) || (b[0] == 10 && r[0] == 11);
+    if (r[0] != b[0] && !cross_ok)
+        return "built with TensorRT " + built + ", this is TensorRT " + running + ": a version-compatible engine "
+               "runs on later releases of its own major and across majors only for 8 -> 10, 10 -> 11";
+    return "";
+}
+
+// Why an engine folder cannot run on this GPU, TensorRT and platform; empty when it can. TensorRT: see
+// version_problem. GPU: only the GPU model that built it by default; hardware_compat "same-cc" any GPU of the
+// same compute capability, "ampere+" compute capability 8.0 and newer. Platform: engines are not portable.
 inline std::vector<std::string> compatibility_problems(const Manifest& m, const RunningInfo& r) {
     std::vector<std::string> problems;
-    std::vector<int> bv = version_numbers(m.trt_version), rv = version_numbers(r.trt_version);
-    if (m.version_compatible) {
-        if (bv < std::vector<int>{8, 6})
-            problems.push_back("marked version-compatible but built with TensorRT " + m.trt_version +
-                               "; version compatibility starts at 8.6");
-        else if (rv < bv)
-            problems.push_back("TensorRT " + r.trt_version + " is older than the " + m.trt_version +
-                               " that built this version-compatible engine (it runs on the same or a later "
-                               "TensorRT only)");
-    } else {
-        size_t n = std::min(bv.size(), rv.size());
-        if (n == 0 || !std::equal(bv.begin(), bv.begin() + static_cast<long>(n), rv.begin()))
-            problems.push_back("built with TensorRT " + m.trt_version + ", this is TensorRT " + r.trt_version +
-                               "; an engine runs only with the TensorRT that built it unless built with "
-                               "--version-compatible");
-    }
+    const std::string why = version_problem(m.trt_version, r.trt_version, m.version_compatible);
+    if (!why.empty()) problems.push_back(why);
     std::vector<int> rcc = version_numbers(r.compute_capability), bcc = version_numbers(m.compute_capability);
     if (m.hardware_compat == "ampere+") {
         if (rcc < std::vector<int>{8, 0})
@@ -359,6 +396,9 @@ inline std::vector<std::string> compatibility_problems(const Manifest& m, const 
     } else {
         problems.push_back("unknown hardware_compat \"" + m.hardware_compat + "\" in the manifest");
     }
+    if (!m.platform.empty() && !r.platform.empty() && m.platform != r.platform)
+        problems.push_back("built on " + m.platform + ", this is " + r.platform +
+                           "; engines are not portable across platforms");
     return problems;
 }
 
