@@ -7,13 +7,12 @@ Polygraphy's loaders) and writes `manifest.json` (format "lru-deploy-engines-v1"
 TensorRT version they were built with, the optimization profiles, the build settings, the sha256 of the
 source graphs and of the plans, and the export's config and I/O contract, so that apps need nothing else.
 
-Everything here except `_build_plan` and `gpu_info` is plain Python and testable without TensorRT: the
-compatibility rules (`compatibility_problems`), the profile checks (`profile_problems`), the manifests and the
-trtexec command lines. tensorrt and cuda are imported lazily, inside the two functions that need them.
+Everything here except `_build_plan` is plain Python and testable without TensorRT: the profiles, the manifest
+and the trtexec command lines. The machine checks (TensorRT present and real, a GPU, engine compatibility) live
+in `lru_deploy.trt_env`; tensorrt is imported only through it, when a build starts.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import contract
-from .manifest import FORMAT, MANIFEST, read_export_manifest
+from .manifest import MANIFEST, EngineManifest, ExportManifest
 from . import trt_env
 from .trt_env import HW_COMPAT
 from .files import check_destination, file_sha256, staged_dir
@@ -109,7 +108,7 @@ def _build_plan(onnx_path: Path, profile: dict, label: str, *, tf32: bool, opt_l
                 hardware_compat: str, version_compatible: bool, workspace_gib: Optional[float],
                 timing_cache: Optional[str]) -> bytes:
     """The thin TensorRT part: a strongly typed network from ONNX, one profile, serialized through Polygraphy."""
-    import tensorrt as trt
+    trt = trt_env.import_tensorrt()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
     from polygraphy.exception import PolygraphyException
 
@@ -158,7 +157,7 @@ def _progress_monitor(trt, label: str):
 def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAULT_BATCH, seq=None, *,
                   timing_cache: Optional[str] = None, opt_level: Optional[int] = None,
                   hardware_compat: str = "none", version_compatible: bool = False, tf32: bool = False,
-                  workspace_gib: Optional[float] = None, device: int = 0, overwrite: bool = False) -> tuple[Path, dict]:
+                  workspace_gib: Optional[float] = None, device: int = 0, overwrite: bool = False) -> tuple[Path, EngineManifest]:
     """Build prefill.plan and step.plan and the engine manifest; the folder appears whole or not at all.
 
     batch and seq are (min, opt, max); seq defaults to DEFAULT_SEQ clipped to the export's max_seq.
@@ -168,19 +167,19 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
     if hardware_compat not in HW_COMPAT:
         raise InputError(f"--hardware-compat {hardware_compat!r} is unknown", f"one of {', '.join(HW_COMPAT)}")
     export_dir = Path(export_dir).resolve()
-    src = read_export_manifest(export_dir, precision)
-    cfg = LRUConfig.from_dict(src["config"])
-    export_max = int(src["max_seq"])
+    src = ExportManifest.read(export_dir, precision=precision)
+    cfg = src.cfg
+    export_max = src.max_seq
     seq = tuple(min(s, export_max) for s in DEFAULT_SEQ) if seq is None else check_range(seq, "seq")
     if seq[2] > export_max:
         raise InputError(f"--seq max {seq[2]} exceeds the export's max_seq {export_max}",
                          f"use --seq MIN:OPT:{export_max} or export again with a larger --max-seq")
     profiles = profile_shapes(cfg, batch, seq)
-    out = Path(out_dir) if out_dir else default_engine_dir(src.get("name", "model"), running.gpu_name, precision)
+    out = Path(out_dir) if out_dir else default_engine_dir(src.name, running.gpu_name, precision)
     check_destination(out, "build", reads=[export_dir / MANIFEST], overwrite=overwrite)
     settings = dict(tf32=tf32, opt_level=opt_level, hardware_compat=hardware_compat,
                     version_compatible=version_compatible, workspace_gib=workspace_gib, timing_cache=timing_cache)
-    graphs = src["graphs"][precision]
+    graphs = src.graphs[precision]
     onnx = {g: export_dir / graphs[g]["path"] for g in contract.GRAPHS}
     plans = {g: out / f"{g}.plan" for g in contract.GRAPHS}
     reads = [export_dir / MANIFEST, *onnx.values()]
@@ -196,22 +195,19 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
             log.info("[%d/%d] %s engine: %.1f MB in %.1f s", i, len(contract.GRAPHS), g, len(plan) / 1e6, timings[g])
         commands = trtexec_commands({g: str(p) for g, p in onnx.items()}, {g: str(p) for g, p in plans.items()},
                                     profiles, **settings)
-        manifest = {
-            "format": FORMAT, "name": src.get("name", "model"), "precision": precision,
-            "engines": entries,
-            "gpu": {"name": running.gpu_name, "compute_capability": running.compute_capability},
-            "tensorrt": {"version": running.trt_version}, "platform": running.platform,
-            "profiles": profiles, "batch": list(batch), "seq": list(seq), "max_seq": seq[2],
-            "tf32": tf32, "hardware_compat": hardware_compat, "version_compatible": version_compatible,
-            "builder_optimization_level": opt_level, "workspace_gib": workspace_gib,
-            "source": {"export_dir": str(export_dir), "export_max_seq": export_max,
-                       "graphs": {g: {"path": str(onnx[g]), "sha256": graphs[g].get("sha256")}
-                                  for g in contract.GRAPHS}},
-            "config": src["config"], "contract": src["contract"],
-            "prefill_outputs": src.get("prefill_outputs", "all"),
-            "build_seconds": timings, "trtexec": commands,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = EngineManifest(
+            name=src.name, precision=precision, engines=entries,
+            gpu={"name": running.gpu_name, "compute_capability": running.compute_capability},
+            tensorrt={"version": running.trt_version}, platform=running.platform,
+            profiles=profiles, batch=list(batch), seq=list(seq), max_seq=seq[2], chunk=src.chunk,
+            tf32=tf32, hardware_compat=hardware_compat, version_compatible=version_compatible,
+            builder_optimization_level=opt_level, workspace_gib=workspace_gib,
+            source={"export_dir": str(export_dir), "export_max_seq": export_max,
+                    "graphs": {g: {"path": str(onnx[g]), "sha256": graphs[g].get("sha256")}
+                               for g in contract.GRAPHS}},
+            config=src.config, contract=src.contract, prefill_outputs=src.prefill_outputs,
+            build_seconds=timings, trtexec=commands)
+        manifest.write(tmp)
     return out, manifest
 
 

@@ -19,7 +19,7 @@ from lru_deploy import manifest
 from lru_deploy.cli import build as cli_build
 from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.trt_env import RuntimeInfo, compatibility_problems
-from lru_deploy.errors import EngineError, ExportError, InputError, OutputError
+from lru_deploy.errors import EngineError, InputError, ManifestError, OutputError
 from lru_deploy.files import MARKER
 from lru_deploy.export import export_model
 
@@ -60,9 +60,27 @@ def test_incompatible_engines_are_refused_with_the_reason(running, hw, vc, want)
     (RuntimeInfo("NVIDIA H200", "9.0", "11.0.0.1", "linux-x86_64"), "same-cc", True),
     (RuntimeInfo("NVIDIA A10", "8.6", "10.3.0.26", "linux-x86_64"), "ampere+", False),
     (RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0", "linux-x86_64"), "none", False),  # short version
+    (RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0", "linux-x86_64"), "none", True),  # C++'s three parts
 ])
 def test_documented_relaxations_are_accepted(running, hw, vc):
     assert compatibility_problems(manifest_for(H100, hw, vc), running) == []
+
+
+@pytest.mark.parametrize("built, running, vc, want", [
+    # compared as major.minor.patch: Python's four parts and getInferLibVersion()'s three are one release
+    ("10.13.0.35", "10.13.0", False, None), ("10.13.0.35", "10.13.0", True, None),
+    ("10.13.0", "10.13.0.35", True, None), ("10.13.0.35", "10.13.1.2", False, "TensorRT release that built it"),
+    ("10.13.0.35", "10.14.1.48", True, None), ("10.13.0.35", "10.12.0.36", True, "is older than"),
+    # across majors: only 8 -> 10 and 10 -> 11 (NVIDIA's support matrix), and only version-compatible engines
+    ("8.6.1.6", "10.3.0.26", True, None), ("10.3.0.26", "11.0.0.114", True, None),
+    ("8.6.1.6", "11.4.0.106", True, "across majors only for 8 -> 10, 10 -> 11"),
+    ("8.6.1.6", "9.3.0.1", True, "across majors only"),
+    ("10.3.0.26", "11.0.0.114", False, "TensorRT release that built it"),
+    ("11.0.0.114", "10.16.1.11", True, "is older than"),
+])
+def test_tensorrt_version_rules(built, running, vc, want):
+    got = trt_env.version_problem(built, running, vc)
+    assert (got is None) if want is None else (want in got), got
 
 
 def test_every_mismatch_is_listed_and_the_hint_names_the_rebuild():
@@ -149,7 +167,7 @@ def export_dir(tmp_path_factory, lru):
                         validate=False, lint=False)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+@pytest.mark.skipif(not trt_env.tensorrt_problem(), reason="TensorRT is installed here")
 def test_build_without_tensorrt_fails_first_with_one_clear_error(export_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = cli.main(["build", str(export_dir)])
@@ -162,12 +180,84 @@ def test_build_without_tensorrt_fails_first_with_one_clear_error(export_dir, tmp
 
 
 def test_preflight_lists_every_missing_piece(monkeypatch):
-    monkeypatch.setattr(trt_env.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(trt_env, "load_tensorrt", lambda: (None, "TensorRT is not installed"))
     monkeypatch.setattr(trt_env, "gpu_info", lambda device=0: (None, "no NVIDIA driver found"))
     with pytest.raises(EngineError) as e:
         trt_env.preflight()
     assert len(e.value.problems) == 2
     assert "no CUDA GPU: no NVIDIA driver found" in e.value.problems[1]
+
+
+@pytest.fixture
+def namespace_tensorrt(tmp_path, monkeypatch):
+    """A `tensorrt` that imports but is not TensorRT: a folder of .pyi files, as tensorrt-stubs installs it."""
+    site = tmp_path / "site"
+    (site / "tensorrt").mkdir(parents=True)
+    (site / "tensorrt" / "__init__.pyi").write_text("__version__: str = '10.13.0.35'\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    importlib.invalidate_caches()
+    import tensorrt  # noqa: F401  (the premise: it imports, with no __version__)
+    assert not hasattr(tensorrt, "__version__")
+    yield site / "tensorrt"
+    sys.modules.pop("tensorrt", None)  # monkeypatch restores only keys that existed
+
+
+def test_a_namespace_tensorrt_is_not_tensorrt(namespace_tensorrt):
+    trt, why = trt_env.load_tensorrt()
+    assert trt is None
+    assert f"the `tensorrt` importable from {namespace_tensorrt} is not TensorRT" in why
+    assert "no __version__ or Builder" in why and "tensorrt-stubs" in why
+    assert trt_env.tensorrt_problem() == why  # what the TensorRT tests skip with
+    with pytest.raises(EngineError, match="cannot build or run TensorRT engines") as e:
+        trt_env.import_tensorrt()
+    assert e.value.problems == [why]
+
+
+def test_build_and_check_with_a_namespace_tensorrt_exit_1_clearly(namespace_tensorrt, export_dir, tmp_path,
+                                                                   capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["build", str(export_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot build or run TensorRT engines on this machine" in err and "is not TensorRT" in err
+    assert "Traceback" not in err and not (tmp_path / "engines").exists()
+    with monkeypatch.context() as mp:  # an engine folder to check (fake plans)
+        mp.setattr(trt_env, "preflight", lambda device=0: H100)
+        mp.setattr(engines, "_build_plan", lambda onnx, profile, label, **kw: b"plan")
+        out, _ = engines.build_engines(export_dir, tmp_path / "e", batch=(1, 1, 2), seq=(1, 8, 16))
+    assert cli.main(["check", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is not TensorRT" in err and "Traceback" not in err
+
+
+class FakeCudart:
+    """cuda-python's runtime where cudaGetDeviceCount fails as it does without a (new enough) driver."""
+
+    def __init__(self, driver: int, runtime: int = 13000, err: int = 35):
+        self.driver, self.runtime, self.err = driver, runtime, err
+
+    def cudaGetDeviceCount(self):
+        return self.err, 0
+
+    def cudaDriverGetVersion(self):
+        return 0, self.driver
+
+    def cudaRuntimeGetVersion(self):
+        return 0, self.runtime
+
+    def cudaGetErrorString(self, err):
+        return 0, b"CUDA driver version is insufficient for CUDA runtime version"
+
+
+def test_no_driver_and_an_old_driver_are_told_apart(monkeypatch):
+    # measured with cuda-python 12.9 and 13.4 on a machine without a driver: error 35 and driver version 0
+    monkeypatch.setattr(trt_env, "import_cudart", lambda: FakeCudart(driver=0))
+    gpu, why = trt_env.gpu_info()
+    assert gpu is None and why == "no NVIDIA driver is installed (the CUDA driver library could not be found)"
+    monkeypatch.setattr(trt_env, "import_cudart", lambda: FakeCudart(driver=12040, runtime=13000))
+    gpu, why = trt_env.gpu_info()
+    assert gpu is None and "the NVIDIA driver supports CUDA 12.4, older than the CUDA 13.0 runtime" in why
+    assert "lru-deploy[trt-cu12]" in why
 
 
 @pytest.fixture
@@ -186,8 +276,9 @@ def fake_build(monkeypatch):
 
 def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_build, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out, m = engines.build_engines(export_dir, precision="fp32", batch=(1, 2, 4), opt_level=2,
-                                   hardware_compat="ampere+", version_compatible=True)
+    out, man = engines.build_engines(export_dir, precision="fp32", batch=(1, 2, 4), opt_level=2,
+                                     hardware_compat="ampere+", version_compatible=True)
+    m = man.to_dict()
     assert out == Path("engines/tiny/h100-80gb-hbm3-fp32")
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "manifest.json", "prefill.plan", "step.plan"]
     disk = json.loads((out / "manifest.json").read_text())
@@ -205,7 +296,7 @@ def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_
     assert [c[0] for c in fake_build] == ["prefill.onnx", "step.onnx"]
     assert fake_build[0][2]["hardware_compat"] == "ampere+" and fake_build[0][2]["opt_level"] == 2
     assert "--hardwareCompatibilityLevel=ampere+" in m["trtexec"]["step"]
-    assert manifest.read_engine_manifest(out)["name"] == "tiny"
+    assert manifest.EngineManifest.read(out).name == "tiny"
     # a rebuild replaces the earlier engine folder whole
     out2, _ = engines.build_engines(export_dir, out, batch=(1, 1, 2))
     assert out2 == out and json.loads((out / "manifest.json").read_text())["batch"] == [1, 1, 2]
@@ -215,7 +306,7 @@ def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_
 def test_build_refuses_bad_requests_before_building(export_dir, tmp_path, fake_build):
     with pytest.raises(InputError, match="exceeds the export's max_seq 32"):
         engines.build_engines(export_dir, tmp_path / "e1", seq=(1, 8, 64))
-    with pytest.raises(ExportError, match="no fp16 graphs"):
+    with pytest.raises(ManifestError, match="no fp16 graphs"):
         engines.build_engines(export_dir, tmp_path / "e2", precision="fp16")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -243,8 +334,8 @@ def test_engine_manifest_checks(export_dir, tmp_path, fake_build):
     out, _ = engines.build_engines(export_dir, tmp_path / "e")
     (out / "step.plan").write_bytes(b"tampered")
     (out / "prefill.plan").unlink()
-    with pytest.raises(EngineError) as e:
-        manifest.read_engine_manifest(out)
+    with pytest.raises(ManifestError) as e:
+        manifest.EngineManifest.read(out)
     text = e.value.render()
     assert "prefill: " in text and "is missing" in text
     assert "step: " in text and "does not match the sha256" in text
@@ -252,8 +343,8 @@ def test_engine_manifest_checks(export_dir, tmp_path, fake_build):
     m = json.loads((out / "manifest.json").read_text())
     m["format"] = "something-else"
     (out / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(EngineError, match="format is 'something-else'"):
-        manifest.read_engine_manifest(out, verify=False)
+    with pytest.raises(ManifestError, match="format is 'something-else'"):
+        manifest.EngineManifest.read(out, verify=False)
 
 
 def test_cli_build_prints_trtexec_equivalents(export_dir, tmp_path, fake_build, capsys):
@@ -269,8 +360,8 @@ def test_build_plan_hands_every_setting_to_polygraphy(monkeypatch, tmp_path):
     """The thin TensorRT layer with a stand-in `tensorrt` module and the final Polygraphy call captured."""
     import polygraphy.backend.trt as ptrt
     levels = SimpleNamespace(AMPERE_PLUS="AMP", SAME_COMPUTE_CAPABILITY="SCC")
-    fake_trt = SimpleNamespace(__version__="10.9.0.34", MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
-                               HardwareCompatibilityLevel=levels)
+    fake_trt = SimpleNamespace(__version__="10.9.0.34", Builder=object,
+                               MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"), HardwareCompatibilityLevel=levels)
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     seen = {}
 
@@ -304,7 +395,8 @@ def test_build_plan_hands_every_setting_to_polygraphy(monkeypatch, tmp_path):
 
 @pytest.mark.trt
 def test_build_real_engines(export_dir, tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    if trt_env.tensorrt_problem():
+        pytest.skip(trt_env.tensorrt_problem())
     gpu, why = trt_env.gpu_info()
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
@@ -322,7 +414,7 @@ def test_cmake_configures_without_tensorrt_and_parses_a_manifest(export_dir, tmp
                          timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     text = res.stdout + res.stderr
-    if importlib.util.find_spec("tensorrt") is None:
+    if trt_env.tensorrt_problem():
         assert "TensorRT not found" in text
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler")
@@ -333,7 +425,7 @@ def test_cmake_configures_without_tensorrt_and_parses_a_manifest(export_dir, tmp
     res = subprocess.run([str(build / "manifest_check"), str(out)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     got = dict(line.split("=", 1) for line in res.stdout.strip().splitlines())
-    cfg = m["config"]
+    cfg = m.config
     assert got["inputs.prefill"] == "input_ids,state" and got["outputs.step"] == "outputs,state_out"
     assert got["state_shape"] == f"{cfg['n_layers']}x2x{cfg['d_hidden']}"
     assert got["vocab_size"] == str(cfg["vocab_size"]) and got["d_output"] == str(cfg["d_output"])

@@ -9,6 +9,8 @@ TensorRT path is tested by test_tensorrt_end_to_end, which skips without TensorR
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from lru_deploy import contract, engines
 from lru_deploy import trt_env
 from lru_deploy import manifest
 from lru_deploy.checkpoints import save_model
-from lru_deploy.errors import EngineError, ExportError, InputError
+from lru_deploy.errors import EngineError, InputError, ManifestError
 from lru_deploy.export import export_model
 from lru_deploy.runtime import ReferenceSession, open_session
 from lru_deploy.runtime.onnxruntime import OnnxruntimeSession
@@ -72,7 +74,7 @@ def test_open_session_refuses_clearly(tiny, tmp_path):
         open_session(model_dir, backend="jax")
     with pytest.raises(InputError, match="neither a model, an export nor an engine folder"):
         open_session(tmp_path)
-    with pytest.raises(ExportError, match="no bf16 graphs"):
+    with pytest.raises(ManifestError, match="no bf16 graphs"):
         open_session(export, precision="bf16")
     with pytest.raises(InputError, match="lacks CUDAExecutionProvider"):
         open_session(export, providers=["CUDAExecutionProvider"])
@@ -183,7 +185,7 @@ def test_tampered_graph_is_refused(tiny, tmp_path):
     copy = shutil.copytree(export, tmp_path / "copy")
     with open(copy / "fp32" / "step.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ExportError, match="does not match the sha256"):
+    with pytest.raises(ManifestError, match="does not match the sha256"):
         OnnxruntimeSession(copy)
 
 
@@ -193,12 +195,19 @@ H100 = trt_env.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0.26", trt_env.
 
 
 class FakeCuda:
-    """Device memory as numpy bytes; a captured 'CUDA graph' is the list of enqueues made during capture."""
+    """Device memory as numpy bytes; a captured 'CUDA graph' is the list of enqueues made during capture.
+
+    It also holds the session to what TensorRT and CUDA require of CUDA graphs: a capture starts on an idle
+    stream (synchronized after the last enqueue), and a graph is launched only while the execution context it
+    was captured from is still bound to the shapes and addresses of the capture (`violations` lists each miss).
+    """
 
     def __init__(self, info=H100, capture_ok=True, drop_output=None):
         self.info, self.capture_ok, self.drop_output = info, capture_ok, drop_output
         self.mem, self.next, self.capturing = {}, 1 << 12, None
         self.enqueues = self.launches = self.captures = 0
+        self.busy = False  # work enqueued since the last sync
+        self.violations: list[str] = []
         self.closed = False
         self.model = None  # set by the test: the reference session the fake engines compute with
 
@@ -216,15 +225,18 @@ class FakeCuda:
 
     def h2d(self, ptr, a):
         b = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+        assert b.size <= self.mem[ptr].size, "a copy overruns its device buffer"
         self.mem[ptr][:b.size] = b
 
     def d2h(self, a, ptr):
         a.reshape(-1).view(np.uint8)[:] = self.mem[ptr][:a.nbytes]
 
     def sync(self):
-        pass
+        self.busy = False
 
     def begin_capture(self):
+        if self.busy:
+            self.violations.append("capture began while an enqueue was still in flight (no sync)")
         self.capturing = []
 
     def end_capture(self):
@@ -234,7 +246,10 @@ class FakeCuda:
 
     def launch(self, ops):
         self.launches += 1
-        for op in ops:
+        self.busy = True
+        for ctx, bound, op in ops:
+            if (dict(ctx.shapes), dict(ctx.addrs)) != bound:
+                self.violations.append("launched a CUDA graph whose context was rebound since the capture")
             op()
 
     def destroy_graph(self, ops):
@@ -246,10 +261,15 @@ class FakeCuda:
 
 class FakeEngine:
     def __init__(self, cuda: FakeCuda, graph: str):
-        self.cuda, self.graph, self.shapes, self.addrs = cuda, graph, {}, {}
+        self.cuda, self.graph = cuda, graph
         m = cuda.manifest
         self.spec = contract.graph_spec(engines.LRUConfig.from_dict(m["config"]), graph, m["prefill_outputs"])
         self.prof = m["profiles"][graph]
+        self.contexts = []
+
+    def new_context(self):
+        self.contexts.append(FakeContext(self))
+        return self.contexts[-1]
 
     def io(self):
         io = {t.name: ("input", np.dtype(t.dtype)) for t in self.spec.inputs}
@@ -260,6 +280,11 @@ class FakeEngine:
 
     def profile(self, name):
         return self.prof[name]
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine):
+        self.engine, self.cuda, self.shapes, self.addrs = engine, engine.cuda, {}, {}
 
     def set_input_shape(self, name, shape):
         self.shapes[name] = tuple(shape)
@@ -273,22 +298,26 @@ class FakeEngine:
         shapes, addrs = dict(self.shapes), dict(self.addrs)  # what a CUDA graph bakes in at capture
         op = lambda: self._compute(shapes, addrs)  # noqa: E731
         if self.cuda.capturing is not None:
-            self.cuda.capturing.append(op)
+            self.cuda.capturing.append((self, (shapes, addrs), op))
         else:
             self.cuda.enqueues += 1
+            self.cuda.busy = True
             op()
         return True
 
     def _compute(self, shapes, addrs):
-        ins, outs = {addrs[t.name] for t in self.spec.inputs}, {addrs[t.name] for t in self.spec.outputs}
+        spec = self.engine.spec
+        ins, outs = {addrs[t.name] for t in spec.inputs}, {addrs[t.name] for t in spec.outputs}
         assert not ins & outs, "an input and an output share a buffer"
         mem = self.cuda.mem
         feeds = {}
-        for t in self.spec.inputs:
+        for t in spec.inputs:
             n = int(np.prod(shapes[t.name])) * np.dtype(t.dtype).itemsize
+            assert n <= mem[addrs[t.name]].size, f"{t.name} overruns its device buffer"
             feeds[t.name] = mem[addrs[t.name]][:n].view(t.dtype).reshape(shapes[t.name]).copy()
-        for name, arr in self.cuda.model._run(self.graph, feeds).items():
+        for name, arr in self.cuda.model._run(self.engine.graph, feeds).items():
             b = np.ascontiguousarray(arr, np.float32).view(np.uint8).reshape(-1)
+            assert b.size <= mem[addrs[name]].size, f"{name} overruns its device buffer"
             mem[addrs[name]][:b.size] = b
 
 
@@ -304,7 +333,7 @@ def engine_dir(tiny, tmp_path, monkeypatch):
 
 def fake_session(engine_dir, model, **cuda_kw):
     cuda = FakeCuda(**cuda_kw)
-    cuda.manifest = manifest.read_engine_manifest(engine_dir)
+    cuda.manifest = manifest.EngineManifest.read(engine_dir).to_dict()
     cuda.model = ReferenceSession(model)
     return TensorrtSession(engine_dir, runtime=cuda), cuda
 
@@ -318,6 +347,38 @@ def test_tensorrt_session_generates_like_the_reference_with_cuda_graphs(tiny, en
     np.testing.assert_array_equal(got, tokens(ReferenceSession(model), prompts, n=10))
     # prefill: 3 split calls; steps: 2 plain enqueues (one per ping-pong direction, each captured), 7 replays
     assert cuda.enqueues == 3 + 2 and cuda.captures == 2 and cuda.launches == 7
+    assert cuda.violations == []
+
+
+def test_tensorrt_cuda_graphs_keep_one_context_per_direction(tiny, engine_dir, lru):
+    """Each step context stays bound to one direction's state buffers; a capture follows a synchronized
+    stream; a new batch size captures both directions again. Failed before: one context served both
+    directions, so replaying the first graph found the context bound to the other direction's buffers."""
+    model = tiny[0]
+    sess, cuda = fake_session(engine_dir, model)
+    ref = ReferenceSession(model)
+    for batch, seed in ((2, 12), (1, 13), (2, 14)):
+        prompts = lru.random_inputs(model.cfg, batch, 9, seed=seed)
+        np.testing.assert_array_equal(tokens(sess, prompts, n=6), tokens(ref, prompts, n=6))
+    assert cuda.violations == []
+    assert cuda.captures == 2 * 3 and cuda.launches == 3 * 3  # per batch size: 5 steps, 2 captured, 3 replays
+    step = sess._engines["step"]
+    assert len(step.contexts) == 2 and len(sess._engines["prefill"].contexts) == 1
+    state_in = [{c.addrs["state"]} for c in step.contexts]
+    state_out = [{c.addrs["state_out"]} for c in step.contexts]
+    assert state_in[0] == state_out[1] and state_in[1] == state_out[0] and state_in[0] != state_in[1]
+
+
+def test_tensorrt_refuses_engines_whose_batch_ranges_differ(tiny, engine_dir):
+    """The state buffers pass between the graphs. Failed before: buffers were sized by the smaller maximum
+    while the prefill accepted its own larger one."""
+    m = json.loads((engine_dir / "manifest.json").read_text())
+    for t in m["profiles"]["step"].values():  # a step engine built for batch 1..1 beside a prefill for 1..2
+        t["min"][0] = t["opt"][0] = t["max"][0] = 1
+    (engine_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EngineError, match="take different batch sizes: prefill 1..2, step 1..1") as e:
+        fake_session(engine_dir, tiny[0])
+    assert "--batch MIN:OPT:MAX" in e.value.hint
 
 
 def test_tensorrt_state_stays_on_the_device_and_only_the_latest_is_valid(tiny, engine_dir, lru):
@@ -367,18 +428,32 @@ def test_tensorrt_refuses_another_gpu_and_a_broken_contract(tiny, engine_dir):
     assert "GPU model that built it" in e.value.render() and "lru-deploy build" in e.value.hint
     with pytest.raises(EngineError, match="do not follow the I/O contract") as e:
         fake_session(engine_dir, tiny[0], drop_output="state_out")
-    assert "prefill: no tensor 'state_out' (output)" in e.value.problems
+    assert "prefill: no output 'state_out' (the contract's outputs: outputs, state_out)" in e.value.problems
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+@pytest.mark.skipif(not trt_env.tensorrt_problem(), reason="TensorRT is installed here")
 def test_tensorrt_backend_without_tensorrt_says_why(engine_dir):
     with pytest.raises(EngineError, match="TensorRT is not installed"):
         open_session(engine_dir)
 
 
+def test_tensorrt_backend_with_a_namespace_tensorrt_says_why(engine_dir, tmp_path, monkeypatch):
+    (tmp_path / "site" / "tensorrt").mkdir(parents=True)  # what tensorrt-stubs leaves: a folder without the module
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    importlib.invalidate_caches()
+    try:
+        with pytest.raises(EngineError, match="cannot build or run TensorRT engines") as e:
+            open_session(engine_dir)
+    finally:
+        sys.modules.pop("tensorrt", None)  # monkeypatch restores only keys that existed
+    assert "is not TensorRT" in e.value.render()
+
+
 @pytest.mark.trt
 def test_tensorrt_end_to_end(tiny, tmp_path, lru):
-    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    if trt_env.tensorrt_problem():
+        pytest.skip(trt_env.tensorrt_problem())
     if importlib.util.find_spec("cuda") is None:
         pytest.skip("cuda-python not installed")
     gpu, why = trt_env.gpu_info()

@@ -7,11 +7,12 @@ TensorRT keeps the state on the GPU: every call reads the state from one of two 
 the other, and returns it as `DeviceTensor`s that the next call takes without a host round trip (only the
 logits come back per token). Shapes are checked against the engine's optimization profile before enqueue; the
 engine folder's manifest is checked against the running GPU and TensorRT before anything is loaded; the step
-is captured in a CUDA graph (one per ping-pong direction) where the engine allows capture.
+is captured in a CUDA graph where the engine allows capture: one graph per ping-pong direction, each from an
+execution context of its own that stays bound to that direction's buffers.
 
-The TensorRT- and CUDA-touching code is the two thin classes at the end (`_CudaTrt`, `_TrtEngine`); the session
-logic talks to them through a handful of methods, so tests drive it with fakes. tensorrt and cuda-python are
-imported lazily inside them.
+The TensorRT- and CUDA-touching code is the thin classes at the end (`_CudaTrt`, `_TrtEngine`, `_TrtContext`);
+the session logic talks to them through a handful of methods, so tests drive it with fakes. tensorrt and
+cuda-python are imported lazily inside them (tensorrt through `trt_env.import_tensorrt`).
 """
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ from typing import Optional
 import numpy as np
 
 from .. import contract, trt_env
-from ..manifest import read_engine_manifest
+from ..manifest import EngineManifest
 from ..errors import EngineError, InputError
-from ..model import LRUConfig
 from .base import Session, State
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,21 @@ class TensorrtSession(Session):
     def __init__(self, engine_dir, device: int = 0, cuda_graphs: bool = True, verify: bool = True, *,
                  runtime=None):
         folder = Path(engine_dir)
-        m = read_engine_manifest(folder, verify)
-        cfg = LRUConfig.from_dict(m["config"])
-        super().__init__(cfg)
-        self.prefill_spec = contract.graph_spec(cfg, "prefill", m.get("prefill_outputs", "all"))
+        m = EngineManifest.read(folder, verify=verify)
+        cfg = m.cfg
+        super().__init__(cfg, m.spec("prefill"), m.spec("step"))
         self.manifest, self.folder = m, folder
         self._rt = runtime if runtime is not None else _CudaTrt(device)
         self._bufs: dict = {}  # key -> (device pointer, bytes)
         self._graphs: dict = {}  # input slot -> (CUDA graph, addresses it was captured with)
+        self._contexts: dict = {}  # (graph, input slot) -> execution context; see _context
         self._graph_batch: Optional[int] = None
         self._live: Optional[tuple[int, int]] = None  # (slot holding the latest state, its generation)
         self._gen = 0
         try:
-            trt_env.ensure_compatible(m, self._rt.info, f"engine folder {folder}")
-            host_code = bool(m.get("version_compatible"))
-            self._engines = {g: self._rt.load((folder / m["engines"][g]["path"]).read_bytes(), host_code)
+            trt_env.ensure_compatible(m.to_dict(), self._rt.info, f"engine folder {folder}")
+            host_code = bool(m.version_compatible)
+            self._engines = {g: self._rt.load(m.engine_path(g).read_bytes(), host_code)
                              for g in contract.GRAPHS}
             problems = []
             for g, eng in self._engines.items():
@@ -91,15 +91,41 @@ class TensorrtSession(Session):
             if problems:
                 raise EngineError(f"the engines in {folder} do not follow the I/O contract of their manifest:",
                                   "build them again from a current export", problems)
+            self._profiles = {g: {t.name: self._engines[g].profile(t.name) for t in self._spec(g).inputs}
+                              for g in contract.GRAPHS}
+            # The state buffers serve both graphs, so both must take the same batches (lru-deploy build gives
+            # them one --batch range); each call is still checked against its own graph's profile.
+            batches = {g: self._batch_range(g) for g in contract.GRAPHS}
+            if batches["prefill"] != batches["step"]:
+                raise EngineError(f"the engines in {folder} take different batch sizes: prefill "
+                                  f"{batches['prefill'][0]}..{batches['prefill'][1]}, step "
+                                  f"{batches['step'][0]}..{batches['step'][1]}; the state passes between them",
+                                  "build both from one range: lru-deploy build EXPORT_DIR --batch MIN:OPT:MAX")
+            for g in contract.GRAPHS:  # one context per graph; the step gets a second, see _context
+                self._contexts[(g, 0)] = self._engines[g].new_context()
+            self._contexts[("step", 1)] = self._engines["step"].new_context()
         except BaseException:
+            self._contexts.clear()
+            self._engines = {}
             self._rt.close()
             raise
-        self._profiles = {g: {t.name: self._engines[g].profile(t.name) for t in self._spec(g).inputs}
-                          for g in contract.GRAPHS}
         x = contract.input_name(cfg)
         self.max_seq = int(self._profiles["prefill"][x]["max"][1])
-        self.max_batch = min(int(self._profiles[g]["state"]["max"][0]) for g in contract.GRAPHS)
+        self.max_batch = batches["step"][1]
         self.cuda_graphs = cuda_graphs
+
+    def _batch_range(self, graph: str) -> tuple[int, int]:
+        """The batch sizes every input of a graph's profile admits (axis 0 of each)."""
+        prof = self._profiles[graph].values()
+        return max(int(p["min"][0]) for p in prof), min(int(p["max"][0]) for p in prof)
+
+    def _context(self, graph: str, in_slot: int):
+        """The execution context that runs `graph` reading the state from `in_slot`.
+
+        The step has one context per ping-pong direction, so that each context is only ever bound to one set of
+        addresses (state from slot s, into slot 1 - s) and the CUDA graph captured from it stays valid; a
+        context's addresses change only when the batch does, and then its graph is captured again."""
+        return self._contexts[(graph, in_slot if graph == "step" else 0)]
 
     def _spec(self, graph: str) -> contract.GraphSpec:
         return self.prefill_spec if graph == "prefill" else self.step_spec
@@ -163,9 +189,9 @@ class TensorrtSession(Session):
         if problems:
             m = self.manifest
             raise InputError(f"shapes outside the {graph} engine's optimization profile:",
-                             f"the engines in {self.folder} were built with --batch {':'.join(map(str, m['batch']))}"
-                             f" --seq {':'.join(map(str, m['seq']))}; send smaller batches or rebuild with a wider "
-                             f"range (lru-deploy build ... --batch 1:1:{max(batch, m['batch'][2])})", problems)
+                             f"the engines in {self.folder} were built with --batch {':'.join(map(str, m.batch))}"
+                             f" --seq {':'.join(map(str, m.seq))}; send smaller batches or rebuild with a wider "
+                             f"range (lru-deploy build ... --batch 1:1:{max(batch, m.batch[2])})", problems)
         dev = [v for v in feeds.values() if isinstance(v, DeviceTensor)]
         for v in dev:
             self._check_live(v)
@@ -200,38 +226,44 @@ class TensorrtSession(Session):
         return res
 
     def _execute(self, graph: str, shapes: dict, addrs: dict, batch: int, in_slot: int) -> None:
-        eng = self._engines[graph]
+        ctx = self._context(graph, in_slot)
         use_graph = graph == "step" and self.cuda_graphs
         if use_graph:
             if self._graph_batch != batch:  # a graph holds the shapes it was captured with: start over
                 self._drop_graphs()
                 self._graph_batch = batch
             cached = self._graphs.get(in_slot)
-            if cached is not None and cached[1] == addrs:
+            if cached is not None and cached[1] == addrs:  # ctx is still bound to exactly these addresses
                 self._rt.launch(cached[0])
                 return
         for name, shape in shapes.items():
-            if not eng.set_input_shape(name, shape):
+            if not ctx.set_input_shape(name, shape):
                 raise EngineError(f"TensorRT refused shape {list(shape)} for {name} of the {graph} engine")
         for name, ptr in addrs.items():
-            if not eng.set_address(name, ptr):
+            if not ctx.set_address(name, ptr):
                 raise EngineError(f"TensorRT refused the buffer of {name} of the {graph} engine")
-        if not eng.enqueue():
+        if not ctx.enqueue():
             raise EngineError(f"TensorRT failed to run the {graph} engine", "rerun with -v for TensorRT's log")
-        if use_graph:  # TensorRT wants one plain enqueue after a change, then the capture
-            self._rt.begin_capture()
-            ok = eng.enqueue()
-            captured = self._rt.end_capture()
-            if ok and captured is not None:
-                old = self._graphs.pop(in_slot, None)
-                if old is not None:
-                    self._rt.destroy_graph(old[0])
-                self._graphs[in_slot] = (captured, dict(addrs))
-            else:
-                if captured is not None:
-                    self._rt.destroy_graph(captured)
-                self.cuda_graphs = False
-                log.info("the step engine cannot be captured in a CUDA graph; stepping with plain enqueues")
+        if use_graph:
+            self._capture(ctx, in_slot, addrs)
+
+    def _capture(self, ctx, in_slot: int, addrs: dict) -> None:
+        """Capture the step of one direction in a CUDA graph, as trtexec does: after one plain enqueue with the
+        current shapes and addresses (done by the caller) has finished, so the capture starts on an idle stream."""
+        self._rt.sync()
+        self._rt.begin_capture()
+        ok = ctx.enqueue()
+        captured = self._rt.end_capture()
+        if ok and captured is not None:
+            old = self._graphs.pop(in_slot, None)
+            if old is not None:
+                self._rt.destroy_graph(old[0])
+            self._graphs[in_slot] = (captured, dict(addrs))
+        else:
+            if captured is not None:
+                self._rt.destroy_graph(captured)
+            self.cuda_graphs = False
+            log.info("the step engine cannot be captured in a CUDA graph; stepping with plain enqueues")
 
     def _drop_graphs(self) -> None:
         for g, _ in self._graphs.values():
@@ -247,6 +279,7 @@ class TensorrtSession(Session):
             self._rt.free(ptr)
         self._bufs.clear()
         self._live = None
+        self._contexts.clear()
         self._engines = {}
         self._rt.close()
         self._rt = None
@@ -264,7 +297,7 @@ def _cudart():
     cudart = trt_env.import_cudart()
     if cudart is None:
         raise EngineError("cuda-python is not installed; the TensorRT backend needs it for GPU buffers and streams",
-                          "pip install 'lru-deploy[trt]' (cuda-python)")
+                          "pip install 'lru-deploy[trt-cu12]' (or [trt-cu13] with a driver for CUDA 13)")
     return cudart
 
 
@@ -274,22 +307,21 @@ class _CudaTrt:
     def __init__(self, device: int = 0):
         self.info = trt_env.preflight(device)
         self.cudart = _cudart()
-        import tensorrt as trt
-
+        trt = trt_env.import_tensorrt()
         self._trt = trt
         self._pending: list = []  # host arrays that must live until the next sync
-        self._call(self.cudart.cudaSetDevice(device), "cudaSetDevice")
-        self.stream = self._call(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
-                                 "cudaStreamCreateWithFlags")
+        self._ptrs: set[int] = set()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._ptrs: set[int] = set()
+        self._call(self.cudart.cudaSetDevice(device), "cudaSetDevice")
+        self.stream = self._call(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
+                                 "cudaStreamCreateWithFlags")  # the last step that can fail: nothing leaks
 
     def _call(self, res, what: str):
         err, *rest = res if isinstance(res, tuple) else (res,)
         if int(err) != 0:
-            msg = self.cudart.cudaGetErrorString(err)[1].decode()
-            raise EngineError(f"CUDA error in {what}: {msg}", "check the GPU with nvidia-smi")
+            raise EngineError(f"CUDA error in {what}: {trt_env.cuda_failure(self.cudart, err)}",
+                              "check the GPU with nvidia-smi")
         return rest[0] if len(rest) == 1 else None
 
     def load(self, plan: bytes, host_code_allowed: bool) -> "_TrtEngine":
@@ -355,13 +387,18 @@ class _CudaTrt:
 
 
 class _TrtEngine:
-    """One deserialized engine and its execution context, enqueued on the owner's stream."""
+    """One deserialized engine: its I/O and profile, and the execution contexts made from it."""
 
     def __init__(self, trt, engine, stream: int):
         self._trt, self.engine, self._stream = trt, engine, stream
-        self.context = engine.create_execution_context()
-        if self.context is None:
+
+    def new_context(self) -> "_TrtContext":
+        """A new execution context (optimization profile 0). Contexts of one engine may share the profile as
+        long as they do not run concurrently; ours all run in turn on one stream."""
+        context = self.engine.create_execution_context()
+        if context is None:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        return _TrtContext(context, self._stream)
 
     def io(self) -> dict:
         trt, e = self._trt, self.engine
@@ -379,6 +416,13 @@ class _TrtEngine:
     def profile(self, name: str) -> dict:
         lo, opt, hi = self.engine.get_tensor_profile_shape(name, 0)
         return {"min": list(lo), "opt": list(opt), "max": list(hi)}
+
+
+class _TrtContext:
+    """One execution context, enqueued on the owner's stream."""
+
+    def __init__(self, context, stream: int):
+        self.context, self._stream = context, stream
 
     def set_input_shape(self, name: str, shape) -> bool:
         return bool(self.context.set_input_shape(name, tuple(int(d) for d in shape)))
