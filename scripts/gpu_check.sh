@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command to run on a machine with TensorRT and an NVIDIA GPU:
 #
-#   scripts/gpu_check.sh            (WORK=build/gpu_check PRECISIONS="fp32 fp16" TENSORRT_ROOT=... to change)
+#   scripts/gpu_check.sh            (WORK=build/gpu_check PRECISIONS="fp32 fp16" TensorRT_ROOT=... or
+#                                    TensorRT_INCLUDE=<headers' folder> with a pip-installed TensorRT, to change)
 #
 # In one go, for the bundled model: export, build the TensorRT engines per precision, `lru-deploy check` them,
 # generate on the TensorRT backend (same tokens as ONNX Runtime for the same seed?), time prefill and step
@@ -29,17 +30,17 @@ stage() {  # stage NAME CMD...: run, time, and stop with the stage's name on fai
 
 # ---- fail fast: TensorRT, cuda-python, a GPU, cmake, the bundled model
 "$PY" - <<'EOF' || exit 1
-import importlib.util, sys
-from lru_deploy import engines
+import sys
+from lru_deploy import trt_env
 from lru_deploy.checkpoints import default_model_dir
 from lru_deploy.errors import LRUDeployError
 try:
-    info = engines.preflight()
+    info = trt_env.preflight()
 except LRUDeployError as e:
     sys.exit("gpu_check: " + e.render())
-if importlib.util.find_spec("cuda") is None:
+if trt_env.import_cudart() is None:
     sys.exit("gpu_check: cuda-python is not installed (the TensorRT runtime backend needs it)\n"
-             "hint: pip install 'lru-deploy[trt]'")
+             "hint: pip install 'lru-deploy[trt-cu12]' (or [trt-cu13] with a driver for CUDA 13)")
 if not (default_model_dir() / "config.json").is_file():
     sys.exit(f"gpu_check: the bundled model is missing at {default_model_dir()}")
 print(f"GPU {info.gpu_name} (compute capability {info.compute_capability}), TensorRT {info.trt_version}, "
@@ -104,10 +105,16 @@ else
 fi
 
 # ---- C++: configure, build, run the example
-stage "cmake configure" cmake -S cpp -B "$WORK/cpp" -DCMAKE_BUILD_TYPE=Release ${TENSORRT_ROOT:+-DTENSORRT_ROOT="$TENSORRT_ROOT"}
+# CMake takes TensorRT from TensorRT_ROOT (or TENSORRT_ROOT), or the headers from TensorRT_INCLUDE and the library
+# from the tensorrt_libs wheel of $PY.
+TRT_ROOT=${TensorRT_ROOT:-${TENSORRT_ROOT:-}}
+stage "cmake configure" cmake -S cpp -B "$WORK/cpp" -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE="$("$PY" -c 'import sys; print(sys.executable)')" \
+    ${TRT_ROOT:+-DTensorRT_ROOT="$TRT_ROOT"} ${TensorRT_INCLUDE:+-DTensorRT_INCLUDE="$TensorRT_INCLUDE"}
 stage "cmake build" cmake --build "$WORK/cpp" -j
+stage "C++ compatibility rules (compat_test, $FIRST manifest)" "$WORK/cpp/compat_test" "$WORK/engines/$FIRST"
 [ -x "$WORK/cpp/lru_generate" ] || fail "CMake did not build lru_generate: see its TensorRT/CUDA messages above \
-(pass TENSORRT_ROOT=<folder with include/NvInferRuntime.h and lib/libnvinfer.so>)"
+(pass TensorRT_ROOT=<folder with include/NvInferRuntime.h and lib/>, or TensorRT_INCLUDE=<headers' folder> with \
+the pip wheel's library)"
 run_cpp_greedy() { "$WORK/cpp/lru_generate" "$WORK/engines/$FIRST" --prompt "$PROMPT" --max-new-tokens 200 \
     --temperature 0 | tee "$WORK/greedy_cpp.txt"; }
 stage "C++ example (greedy, $FIRST)" run_cpp_greedy
