@@ -1,11 +1,13 @@
 """The shape matrix and the reference run that export validation and `check` share.
 
-A `Case` is one call shape (graph, batch, seq, zero or non-zero initial state). `shape_matrix` lists the
-cases every graph pair must pass; `random_inputs` makes contract-named feeds for a case; `reference_outputs`
-runs the float64 reference on such feeds and returns contract-named float64 outputs.
+A `Case` is one call shape (graph, batch, seq, zero or non-zero initial state, and for the continuity and
+drift cases the calls a sequence is split into). `shape_matrix` lists the single calls every graph pair must
+pass, `continuity_cases` the split sequences; `random_inputs` makes contract-named feeds for a case;
+`reference_outputs` runs the float64 reference on such feeds and returns contract-named float64 outputs.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,23 +20,51 @@ from .model import LRUModel
 
 @dataclass(frozen=True)
 class Case:
-    graph: str
+    kind: str  # seq 1 | chunk edge | odd length | long | step | continuity | drift
+    graph: str  # the graph whose contract the inputs follow (continuity and drift: prefill-shaped)
     batch: int
-    seq: int  # positions; for the step graph, the number of consecutive steps
+    seq: int  # positions the case covers (a single step call: 1)
     nonzero_state: bool
+    segments: tuple = ()  # continuity and drift: the calls the sequence is split into
 
     @property
     def label(self) -> str:
-        return f"{self.graph} b{self.batch} s{self.seq}{' h0' if self.nonzero_state else ''}"
+        if self.segments:
+            how = " + ".join(f"{g}({n})" if g == "prefill" else f"{n} step{'s' * (n > 1)}"
+                             for g, n in self.segments)
+            return f"{'drift' if self.kind == 'drift' else 'continuity'} b{self.batch}: {how}" \
+                   f"{' h0' if self.nonzero_state else ''}"
+        seq = f" s{self.seq}" if self.graph == "prefill" else ""
+        return f"{self.graph} b{self.batch}{seq}{' h0' if self.nonzero_state else ''}"
 
 
-def validation_cases(chunk: int, max_seq: int, long_seq: int = 4096) -> list[Case]:
-    """seq 1, chunk-1, chunk, chunk+1, a non power of two, a long one; batch 1 and 3; zero and non-zero state."""
-    seqs = [(1, 1, False), (3, 1, True), (1, chunk - 1, True), (3, chunk, False), (3, chunk + 1, True),
-            (1, 3 * chunk + 5, True), (3, 2 * chunk + 7, False), (1, long_seq, True)]
-    cases = [Case("prefill", b, s, h) for b, s, h in seqs if 1 <= s <= max_seq]
-    cases += [Case("step", 1, 4, False), Case("step", 3, 4, True)]
+def shape_matrix(chunk: int, max_seq: int, long_seq: Optional[int]) -> list[Case]:
+    """The single calls every graph pair must pass: seq 1, T-1, T, T+1, non powers of two, a long one (none
+    when long_seq is None); batch 1 and 3; zero and non-zero initial state; step calls in the same mix."""
+    T = chunk
+    rows = [("seq 1", 1, 1, False), ("seq 1", 3, 1, True), ("chunk edge", 1, T - 1, True),
+            ("chunk edge", 3, T, False), ("chunk edge", 3, T + 1, True), ("odd length", 1, 3 * T + 5, True),
+            ("odd length", 3, 2 * T + 7, False)]
+    if long_seq:
+        rows.append(("long", 1, min(long_seq, max_seq), True))
+    cases = [Case(k, "prefill", b, s, h) for k, b, s, h in rows if 1 <= s <= max_seq]
+    cases += [Case("step", "step", b, 1, h) for b, h in ((1, False), (3, True), (1, True), (3, False))]
     return list(dict.fromkeys(cases))
+
+
+def continuity_cases(chunk: int, max_seq: int) -> list[Case]:
+    """prefill(a)+prefill(b), prefill(a)+steps, steps+prefill(b): each equals the reference prefill(a+b)."""
+    a, b = min(chunk + 3, max_seq), min(2 * chunk + 4, max_seq)
+    return [Case("continuity", "prefill", 3, a + b, True, (("prefill", a), ("prefill", b))),
+            Case("continuity", "prefill", 3, min(chunk + 1, max_seq) + 9, True,
+                 (("prefill", min(chunk + 1, max_seq)), ("step", 9))),
+            Case("continuity", "prefill", 2, 5 + min(chunk + 2, max_seq), False,
+                 (("step", 5), ("prefill", min(chunk + 2, max_seq))))]
+
+
+def case_feeds(cfg, case: Case, rng: np.random.Generator) -> OrderedDict:
+    return OrderedDict(random_inputs(cfg, case.batch, case.seq if case.graph == "prefill" else None,
+                                     case.nonzero_state, rng))
 
 
 def random_inputs(cfg, batch: int, seq: Optional[int], nonzero: bool, rng: np.random.Generator) -> dict:

@@ -38,6 +38,11 @@ def default_model_dir() -> Path:
     return DEFAULT_MODEL
 
 
+def resolve_model_dir(target) -> Path:
+    """A folder argument: None or "default" names the bundled model, anything else is a path."""
+    return default_model_dir() if target in (None, "default") else Path(target)
+
+
 def expected_shapes(cfg: LRUConfig) -> dict[str, tuple[int, ...]]:
     H, N = cfg.d_model, cfg.d_hidden
     shapes: dict[str, tuple[int, ...]] = {}

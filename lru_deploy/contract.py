@@ -9,7 +9,8 @@ Every input other than the model's own input is state carried from call to call:
 the output of the same name with `_out` appended (`state_pairs`, `carry`). Export names the graph tensors from
 here, the manifest records the contract, and lint, parity, the runtime and the apps check against it with
 `io_problems` (graphs, sessions, engines) and `check_arrays` (arrays fed to a graph). Shapes use named dynamic
-axes ("batch", "seq"); the other dims are numbers. `markdown_table` renders it for docs.
+axes ("batch", "seq"); the other dims are numbers. `markdown_table` renders it; a test keeps the README's
+table equal to its rendering for the bundled model.
 """
 from __future__ import annotations
 

@@ -163,3 +163,23 @@ def test_markdown_table_lists_every_tensor(lru):
         for t in spec.inputs + spec.outputs:
             assert f"| {g} | `{t.name}` |" in table
     assert table.count("\n") + 1 == 2 + 2 * 8
+
+
+def test_the_readme_contract_table_is_the_bundled_models_contract():
+    """The README's table is rendered by contract.markdown_table for the bundled model; this keeps it so."""
+    from pathlib import Path
+
+    from lru_deploy.checkpoints import default_model_dir, load_config
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert contract.markdown_table(load_config(default_model_dir())) in readme
+
+
+def test_state_pairs_and_carry_follow_the_out_suffix(lru):
+    cfg = lru.small_config(pooling="mean")
+    spec = graph_spec(cfg, "step")
+    assert contract.state_pairs(spec) == [("state", "state_out"), ("pool_sum", "pool_sum_out"),
+                                          ("pool_count", "pool_count_out")]
+    outs = {"outputs": 1, "state_out": 2, "pool_sum_out": 3, "pool_count_out": 4}
+    assert contract.carry(spec, outs) == {"state": 2, "pool_sum": 3, "pool_count": 4}
+    assert [t.name for t in spec.model_inputs] == ["input_ids"]
+    assert contract.GraphSpec.from_dict("step", spec.to_dict()) == spec

@@ -13,7 +13,7 @@ from lru_deploy import contract
 from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.cli import main
 from lru_deploy.errors import ExportError
-from lru_deploy.cases import validation_cases
+from lru_deploy.cases import shape_matrix
 from lru_deploy.export import export_model
 from lru_deploy.runtime.onnxruntime import emulate_reduced, ort_session, run_session
 from lru_deploy.model import LRUConfig, LRUModel, init_parameters
@@ -104,8 +104,8 @@ def test_bad_options_are_all_listed(model_dirs, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_validation_cases_cover_the_shape_matrix():
-    cases = validation_cases(64, 65536, 4096)
+def test_the_shape_matrix_covers_chunk_edges_odd_and_long_lengths_batches_and_states():
+    cases = shape_matrix(64, 65536, 4096)
     pre = [c for c in cases if c.graph == "prefill"]
     seqs = {c.seq for c in pre}
     assert {1, 63, 64, 65, 4096} <= seqs and any(s & (s - 1) and s > 65 for s in seqs)

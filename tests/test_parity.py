@@ -299,6 +299,27 @@ def fake_engine_dir(exports, tmp_path, monkeypatch):
     return out, info
 
 
+def test_an_engine_folders_shape_matrix_uses_the_export_chunk_even_when_the_export_is_gone(exports, tmp_path,
+                                                                                         monkeypatch):
+    """The engine manifest records the scan's chunk (4 here); the shape matrix tests chunk-1, chunk, chunk+1.
+    Before, an engine folder whose export had moved fell back to chunk 64 and tested 63, 64, 65 instead."""
+    info = trt_env.RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.9.0", trt_env.current_platform())
+    src = copy_export(exports["tokens"], tmp_path / "exp")
+    monkeypatch.setattr(trt_env, "preflight", lambda device=0: info)
+    monkeypatch.setattr(engines, "_build_plan", lambda onnx_path, profile, label, **kw: b"not a plan")
+    out, _ = engines.build_engines(src, tmp_path / "eng", "fp32", batch=(1, 1, 2), seq=(1, 8, 16))
+    shutil.rmtree(src)
+    target = parity.open_target(out)
+    assert target.chunk == 4 and not target.notes
+    seqs = {c.seq for c in parity.shape_matrix(target.chunk, target.max_seq, None) if c.graph == "prefill"}
+    assert {3, 4, 5} <= seqs
+    m = json.loads((out / "manifest.json").read_text())
+    del m["chunk"]  # an engine folder written before the chunk was recorded, its export gone
+    (out / "manifest.json").write_text(json.dumps(m))
+    target = parity.open_target(out)
+    assert target.chunk == parity.DEFAULT_CHUNK and "assumes the default chunk" in target.notes[0]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_an_engine_folder_without_tensorrt_is_one_clean_error(fake_engine_dir, capsys):
     rc, _, err = run_check(capsys, fake_engine_dir[0], "--quick")

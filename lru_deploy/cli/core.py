@@ -68,18 +68,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def resolve_target(target: str) -> Path:
-    from ..checkpoints import default_model_dir
-    return default_model_dir() if target in (None, "default") else Path(target)
-
-
 def cmd_generate(args) -> int:
     import codecs
+    from ..checkpoints import resolve_model_dir
     from ..runtime import encode, open_session
     if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
         raise InputError("--max-new-tokens, --top-k and --temperature must be >= 0")
     kwargs = {"precision": args.precision} if args.precision else {}
-    sess = open_session(resolve_target(args.target), args.backend, **kwargs)
+    sess = open_session(resolve_model_dir(args.target), args.backend, **kwargs)
     prompt = encode(args.prompt)
     if prompt.size == 0:
         raise InputError("the prompt is empty", "pass at least one character with --prompt")

@@ -1,8 +1,9 @@
-"""`lru-deploy demo` (a CLI command: it prints its report to stdout): the main job end to end on the bundled model, then what was verified and what was skipped.
+"""`lru-deploy demo`: the main job end to end on the bundled model, then what was verified and what was skipped.
 
-export (fp32, fp16; validated against the float64 reference) -> lint (TensorRT readiness) -> check (Polygraphy
-parity: shape matrix, continuity, 10k-step drift) -> TensorRT build and check where TensorRT and a GPU exist ->
-generate the same text on every backend with the same seed.
+export (export's default precisions, validated against the float64 reference) -> lint (TensorRT readiness) ->
+check (Polygraphy parity: shape matrix, continuity, the drift run) -> TensorRT build and check where TensorRT
+and a GPU exist -> generate the same text on every backend with the same seed. The summary's figures are read
+from what each stage wrote (the export manifest, the parity report), not restated here.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 160) -> int:
-    from ..checkpoints import load_model, summary
-    from ..export import export_model, resolve_model_dir
+    from ..checkpoints import load_model, resolve_model_dir, summary
+    from ..export import export_model
     from ..lint import lint_export
+    from ..manifest import ExportManifest
     from ..parity import check
     from ..parity.report import console
     from ..runtime import decode, encode, open_session
@@ -34,11 +36,13 @@ def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 1
          f"{c['d_hidden']}, {s['parameters']:,} parameters, |lambda| in [{s['lambda_abs_min']:.4f}, "
          f"{s['lambda_abs_max']:.6f}]")
 
-    _say(f"\n== export -> {out_dir} (fp32, fp16; every graph validated against the float64 reference)")
+    _say(f"\n== export -> {out_dir} (every graph validated against the float64 reference)")
     t0 = time.perf_counter()
-    export_model(model_dir, out_dir, ("fp32", "fp16"))
-    verified.append(f"export: fp32 and fp16 prefill/step graphs match the float64 reference on 10 shapes each "
-                    f"({time.perf_counter() - t0:.1f} s)")
+    export_model(model_dir, out_dir)
+    man = ExportManifest.read(out_dir)
+    cases = sorted({v["cases"] for v in man.validation.values()})
+    verified.append(f"export: {' and '.join(man.precisions)} prefill/step graphs match the float64 reference on "
+                    f"{'/'.join(map(str, cases))} shapes each ({time.perf_counter() - t0:.1f} s)")
 
     _say("\n== lint (TensorRT 10 readiness)")
     report = lint_export(out_dir)
@@ -50,8 +54,8 @@ def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 1
     rep = check(out_dir)
     _say(console(rep))
     (verified if rep["pass"] else failed).append(
-        "check: shape matrix, continuity identities and a 10,000-step drift run, fp32 and fp16 "
-        + ("pass" if rep["pass"] else f"FAIL ({len(rep['failures'])} misses)"))
+        f"check: shape matrix, continuity identities and a {rep['settings']['drift_steps']:,}-step drift run, "
+        f"{' and '.join(rep['precisions'])} " + ("pass" if rep["pass"] else f"FAIL ({len(rep['failures'])} misses)"))
 
     _say("\n== TensorRT")
     try:
@@ -70,9 +74,9 @@ def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 1
 
     _say(f"\n== generate (prompt {prompt!r}, {tokens} tokens, temperature 0.8, top-k 40, seed 0)")
     texts = {}
-    for label, target, backend, kw in (("reference (float64)", model_dir, "reference", {}),
-                                       ("onnxruntime fp32", out_dir, "onnxruntime", {"precision": "fp32"}),
-                                       ("onnxruntime fp16", out_dir, "onnxruntime", {"precision": "fp16"})):
+    runs = [("reference (float64)", model_dir, "reference", {})]
+    runs += [(f"onnxruntime {p}", out_dir, "onnxruntime", {"precision": p}) for p in man.precisions]
+    for label, target, backend, kw in runs:
         sess = open_session(target, backend, **kw)
         t0 = time.perf_counter()
         ids = [int(t[0]) for t in sess.generate(encode(prompt), tokens, 0.8, 40, 0)]

@@ -17,11 +17,11 @@ from pathlib import Path
 import onnx
 
 from .. import contract
-from ..checkpoints import checkpoint_sha256, default_model_dir, load_model
+from ..checkpoints import checkpoint_sha256, load_model, resolve_model_dir
 from ..files import file_sha256, staged_dir
 from ..errors import ExportError
 from ..model import LRUModel, gold
-from ..cases import validation_cases
+from ..cases import shape_matrix
 from ..manifest import ExportManifest, tool_versions
 from .graphs import INTRA, build_prefill, build_step
 from .validate import validate_graphs
@@ -31,12 +31,6 @@ log = logging.getLogger(__name__)
 # equal at batch 8, and the prefill graph is 13-26 MB smaller (benchmarks/RESULTS.md). Unmeasured on a GPU.
 DEFAULT_CHUNK = 32
 OPSETS = (18, 19, 20)  # 18: Split(num_outputs) and LayerNormalization; TensorRT 10 parses up to 20
-
-
-def resolve_model_dir(model_dir) -> Path:
-    if model_dir in (None, "default"):
-        return default_model_dir()
-    return Path(model_dir)
 
 
 def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: int = DEFAULT_CHUNK, max_seq: int = 65536,
@@ -83,7 +77,7 @@ def export_model(model_dir, out_dir=None, precisions=("fp32", "fp16"), chunk: in
 def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, precisions, chunk, max_seq, opset,
                  prefill_outputs, intra, validate, long_seq) -> ExportManifest:
     cfg = model64.cfg
-    cases = validation_cases(chunk, max_seq, min(long_seq, max_seq))
+    cases = shape_matrix(chunk, max_seq, min(long_seq, max_seq))
     graphs_meta, validation, problems = {}, {}, []
     t_start = time.perf_counter()
     for pi, prec in enumerate(precisions):

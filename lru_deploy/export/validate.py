@@ -16,6 +16,7 @@ from ..model import LRUModel
 from ..runtime.onnxruntime import ort_session, run_session
 
 log = logging.getLogger(__name__)
+STEPS = 4  # each step case runs this many consecutive steps, each from the graph's own previous state
 
 
 def compare(label: str, spec: contract.GraphSpec, got: dict, ref: dict, bound: float, sizes: dict) -> tuple[list, list]:
@@ -49,10 +50,8 @@ def validate_graphs(model64: LRUModel, graphs: dict, precision: str, cases: list
     problems, records, mode = [], [], "native"
     sessions = {}
     for g, m in graphs.items():
-        spec = contract.graph_spec(cfg, g, prefill_outputs)
-        got_in = [i.name for i in m.graph.input]
-        if got_in != spec.input_names:
-            problems.append(f"{precision}/{g}: inputs {got_in} != contract {spec.input_names}")
+        problems += [f"{precision}/{g}: {p}" for p in
+                     contract.onnx_io_problems(contract.graph_spec(cfg, g, prefill_outputs), m)]
         sessions[g], mode = ort_session(m, precision)
     if problems:
         return problems, records, mode
@@ -69,15 +68,13 @@ def validate_graphs(model64: LRUModel, graphs: dict, precision: str, cases: list
         else:
             feeds = random_inputs(cfg, case.batch, None, case.nonzero_state, rng)
             p, r = [], []
-            for k in range(case.seq):  # consecutive steps, each from the graph's own previous state
+            for k in range(STEPS):  # consecutive steps, each from the graph's own previous state
                 got = run_session(sessions["step"], feeds)
                 ref = reference_outputs(model64, "step", feeds)
                 pk, rk = compare(f"{label} step {k}", spec, got, ref, bound, {"batch": case.batch})
                 p, r = p + pk, r + rk
                 nxt = random_inputs(cfg, case.batch, None, False, rng)
-                feeds = {contract.input_name(cfg): nxt[contract.input_name(cfg)], "state": got["state_out"]}
-                if cfg.pooling == "mean":
-                    feeds.update(pool_sum=got["pool_sum_out"], pool_count=got["pool_count_out"])
+                feeds = {contract.input_name(cfg): nxt[contract.input_name(cfg)], **contract.carry(spec, got)}
         problems += p
         records += r
         worst = max((x["rel_l2"] for x in r), default=float("nan"))

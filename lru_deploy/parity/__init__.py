@@ -36,7 +36,7 @@ from ..errors import ParityError
 from ..export import DEFAULT_CHUNK
 from ..files import check_destination
 from ..manifest import MANIFEST, EngineManifest, ExportManifest, folder_kind
-from ..cases import random_inputs, rel_l2
+from ..cases import Case, case_feeds, continuity_cases, rel_l2, shape_matrix
 from ..runtime.onnxruntime import emulate_reduced
 from ..model import LRUModel, gold
 from .runners import ReferenceRunner, SegmentsRunner, run_pair
@@ -49,53 +49,6 @@ N_WINDOWS = 64  # error-along-the-sequence curves: rel L2 per window of ceil(seq
 
 
 # ---------------------------------------------------------------- the shape matrix
-
-@dataclass(frozen=True)
-class Case:
-    kind: str  # seq 1 | chunk edge | odd length | long | step | continuity | drift
-    graph: str  # the graph whose contract the inputs follow (continuity and drift: prefill-shaped)
-    batch: int
-    seq: int  # 0 for step-shaped inputs
-    nonzero_state: bool
-    segments: tuple = ()  # continuity and drift: the calls the sequence is split into
-
-    @property
-    def label(self) -> str:
-        if self.segments:
-            how = " + ".join(f"{g}({n})" if g == "prefill" else f"{n} step{'s' * (n > 1)}"
-                             for g, n in self.segments)
-            return f"{'drift' if self.kind == 'drift' else 'continuity'} b{self.batch}: {how}" \
-                   f"{' h0' if self.nonzero_state else ''}"
-        seq = f" s{self.seq}" if self.graph == "prefill" else ""
-        return f"{self.graph} b{self.batch}{seq}{' h0' if self.nonzero_state else ''}"
-
-
-def single_cases(chunk: int, max_seq: int, long_seq: Optional[int]) -> list[Case]:
-    """seq 1, T-1, T, T+1, non powers of two, a long one; batch 1 and 3; h0 zero and not."""
-    T = chunk
-    rows = [("seq 1", 1, 1, False), ("seq 1", 3, 1, True), ("chunk edge", 1, T - 1, True),
-            ("chunk edge", 3, T, False), ("chunk edge", 3, T + 1, True), ("odd length", 1, 3 * T + 5, True),
-            ("odd length", 3, 2 * T + 7, False)]
-    if long_seq:
-        rows.append(("long", 1, min(long_seq, max_seq), True))
-    cases = [Case(k, "prefill", b, s, h) for k, b, s, h in rows if 1 <= s <= max_seq]
-    cases += [Case("step", "step", b, 0, h) for b, h in ((1, False), (3, True), (1, True), (3, False))]
-    return list(dict.fromkeys(cases))
-
-
-def continuity_cases(chunk: int, max_seq: int) -> list[Case]:
-    """prefill(a)+prefill(b), prefill(a)+steps, steps+prefill(b): each equals the reference prefill(a+b)."""
-    a, b = min(chunk + 3, max_seq), min(2 * chunk + 4, max_seq)
-    return [Case("continuity", "prefill", 3, a + b, True, (("prefill", a), ("prefill", b))),
-            Case("continuity", "prefill", 3, min(chunk + 1, max_seq) + 9, True,
-                 (("prefill", min(chunk + 1, max_seq)), ("step", 9))),
-            Case("continuity", "prefill", 2, 5 + min(chunk + 2, max_seq), False,
-                 (("step", 5), ("prefill", min(chunk + 2, max_seq))))]
-
-
-def case_feeds(cfg, case: Case, rng: np.random.Generator) -> OrderedDict:
-    return OrderedDict(random_inputs(cfg, case.batch, case.seq if case.graph == "prefill" else None,
-                                     case.nonzero_state, rng))
 
 
 # ---------------------------------------------------------------- comparing
@@ -183,7 +136,7 @@ class PrecisionCheck:
         return out
 
     def single_calls(self, long_seq: Optional[int], repro_max_bytes: int) -> None:
-        cases = single_cases(self.t.chunk, self.t.max_seq, long_seq)
+        cases = shape_matrix(self.t.chunk, self.t.max_seq, long_seq)
         for gi, graph in enumerate(contract.GRAPHS):
             todo = self._runnable([c for c in cases if c.graph == graph], np.random.default_rng([self.seed, gi]))
             if not todo:

@@ -29,7 +29,6 @@ from ..model import LRUModel
 
 log = logging.getLogger(__name__)
 REFERENCE = "lru-deploy-reference"  # the runner name saved in the Polygraphy output files
-CARRY = {"state": "state_out", "pool_sum": "pool_sum_out", "pool_count": "pool_count_out"}
 
 
 # ---------------------------------------------------------------- the reference and the composed runners
@@ -138,15 +137,15 @@ class SegmentsRunner(BaseRunner):
                 steps = []
                 for t in range(pos, pos + n):
                     out = self._call("step", x[:, t], carry)
-                    carry = {k: out[v] for k, v in CARRY.items() if k in carry}
+                    carry = {k: out[contract.out_name(k)] for k in carry}
                     steps.append(out["outputs"])
                 pieces.append(np.stack(steps, axis=1))
-            carry = {k: out[v] for k, v in CARRY.items() if k in carry}
+            carry = {k: out[contract.out_name(k)] for k in carry}
             pos += n
         if self.per_position and any(p.ndim != 3 for p in pieces):
             raise ParityError("internal: a per-position comparison got a prefill without per-position outputs")
         result = OrderedDict(outputs=np.concatenate(pieces, axis=1) if self.per_position else out["outputs"])
-        result.update((v, out[v]) for v in CARRY.values() if v in out)
+        result.update((contract.out_name(k), v) for k, v in carry.items())
         self.inference_time = time.perf_counter() - t0
         return result
 

@@ -3,10 +3,12 @@
     sess = open_session("lru_deploy/assets/default", backend="reference")
     logits, state = sess.prefill(ids)            # ids int64 [batch, seq]
     logits, state = sess.step(ids[:, -1], state)
-    text_ids = sess.generate(prompt_ids, max_new_tokens=64, temperature=0.8, top_k=40, seed=0)
+    for tok in sess.generate(prompt_ids, max_new_tokens=64, temperature=0.8, top_k=40, seed=0):
+        ...                                      # tok: int64 [batch], one array per new token
 
-A state is a dict of float32 arrays named as the I/O contract names them: `state` [batch, n_layers, 2,
-d_hidden], plus `pool_sum` and `pool_count` for mean pooling. `None` means the start of a sequence.
+A state is a dict of float32 arrays named as the folder's I/O contract names its state inputs (for the
+native layout `state` [batch, n_layers, 2, d_hidden], plus `pool_sum` and `pool_count` for mean pooling).
+`None` means the start of a sequence.
 """
 from __future__ import annotations
 
