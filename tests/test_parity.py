@@ -4,7 +4,6 @@ Small models and small --long-seq / --drift-steps keep this file fast; the defau
 exercised on the bundled model by hand (see the issue report)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shlex
@@ -320,11 +319,11 @@ def test_an_engine_folders_shape_matrix_uses_the_export_chunk_even_when_the_expo
     assert target.chunk == parity.DEFAULT_CHUNK and "assumes the default chunk" in target.notes[0]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+@pytest.mark.skipif(not trt_env.tensorrt_problem(), reason="TensorRT is installed here")
 def test_an_engine_folder_without_tensorrt_is_one_clean_error(fake_engine_dir, capsys):
     rc, _, err = run_check(capsys, fake_engine_dir[0], "--quick")
     assert rc == 1 and "Traceback" not in err
-    assert "TensorRT is not installed" in err and "hint: install TensorRT from NVIDIA" in err
+    assert trt_env.tensorrt_problem() in err and "hint: install TensorRT from NVIDIA" in err
     assert not (fake_engine_dir[0] / "report").exists()
 
 

@@ -348,7 +348,7 @@ def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Op
                           "pass --model with the checkpoint this folder was exported from")
     if target.kind == "engines":
         from ..trt_env import ensure_compatible, preflight
-        ensure_compatible(target.manifest.to_dict(), preflight(), f"engine folder {target.folder}")
+        ensure_compatible(target.manifest, preflight(), f"engine folder {target.folder}")
     if not quick and long_seq > target.max_seq:
         target.notes.append(f"the long case is clipped to this folder's max_seq {target.max_seq} (--long-seq "
                             f"{long_seq}); the runtime splits longer prompts, which the continuity cases cover")

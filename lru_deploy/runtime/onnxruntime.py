@@ -1,17 +1,12 @@
-"""Session backends beside the reference: ONNX Runtime on an export folder, TensorRT on an engine folder.
+"""The ONNX Runtime backend: the graphs of an export folder, and the one place ONNX Runtime sessions are made.
 
-Both implement `Session._run(graph, feeds)`; prefill, step, generate and long-prompt splitting come from
-`lru_deploy.runtime.Session`. Open them through `runtime.open_session(target)`.
+`OnnxruntimeSession` implements `Session._run(graph, feeds)`; prefill, step, generate and long-prompt
+splitting come from runtime.base. Open it through `runtime.open_session(export_dir)`. The folder's manifest
+is verified first (hashes, contract) and each session's inputs and outputs are compared with the contract.
 
-TensorRT keeps the state on the GPU: every call reads the state from one of two ping-pong buffers and writes
-the other, and returns it as `DeviceTensor`s that the next call takes without a host round trip (only the
-logits come back per token). Shapes are checked against the engine's optimization profile before enqueue; the
-engine folder's manifest is checked against the running GPU and TensorRT before anything is loaded; the step
-is captured in a CUDA graph (one per ping-pong direction) where the engine allows capture.
-
-The TensorRT- and CUDA-touching code is the two thin classes at the end (`_CudaTrt`, `_TrtEngine`); the session
-logic talks to them through a handful of methods, so tests drive it with fakes. tensorrt and cuda-python are
-imported lazily inside them.
+`ort_session` configures every ONNX Runtime session of the package (export validation, check, benchmarks);
+ONNX Runtime's CPU provider has no bf16 MatMul, so a bf16 graph runs there as its float32 twin from
+`emulate_reduced`, which rounds like the bf16 graph.
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ class TensorrtSession(Session):
         self._live: Optional[tuple[int, int]] = None  # (slot holding the latest state, its generation)
         self._gen = 0
         try:
-            trt_env.ensure_compatible(m.to_dict(), self._rt.info, f"engine folder {folder}")
+            trt_env.ensure_compatible(m, self._rt.info, f"engine folder {folder}")
             host_code = bool(m.version_compatible)
             self._engines = {g: self._rt.load(m.engine_path(g).read_bytes(), host_code)
                              for g in contract.GRAPHS}
