@@ -119,14 +119,37 @@ def ort_session(model: onnx.ModelProto | str | Path, precision: str, threads: in
     providers = list(providers or ["CPUExecutionProvider"])
     mode = "native"
     if precision == "bf16" and providers[0] == "CPUExecutionProvider":
-        m = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+        m = _load_onnx(model) if isinstance(model, (str, Path)) else model
         model, mode = emulate_reduced(m), "bf16-emulated"
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only; warnings about providers and initializers are noise here
     if threads:
         so.intra_op_num_threads = threads
     src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    return ort.InferenceSession(src, so, providers=providers), mode
+    what = str(model) if isinstance(model, (str, Path)) else "the graph"
+    try:
+        return ort.InferenceSession(src, so, providers=providers), mode
+    except _ort_errors() as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"ONNX Runtime cannot load {what}: {first}",
+                          "the file is damaged or not an lru-deploy graph: export the folder again") from None
+
+
+def _ort_errors() -> tuple:
+    """ONNX Runtime's own exception classes (they derive from Exception directly, not from RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
+
+
+def _load_onnx(path) -> onnx.ModelProto:
+    from google.protobuf.message import DecodeError
+    try:
+        return onnx.load(str(path))
+    except (OSError, ValueError, DecodeError) as e:
+        raise ExportError(f"cannot read the ONNX graph {path}: {e}",
+                          "the file is damaged or not an ONNX model: export the folder again") from None
 
 
 def run_session(sess, feeds: dict) -> dict:
