@@ -1,12 +1,19 @@
 """The native checkpoint: a folder with config.json and model.safetensors. Every other stage reads it.
 
-Keys (torch Linear layout, out x in):
+Keys (torch Linear layout, out x in; the bracketed ones only where the config has that piece):
     encoder.weight (d_model, d_input), encoder.bias        or  embedding.weight (vocab_size, d_model)
-    layers.{i}.norm.weight, .bias (d_model,)               [+ .running_mean, .running_var for batch norm]
+    [embedding_norm.weight, .bias (d_model,)]
+    layers.{i}.norm.weight, .bias (d_model,)               [+ .running_mean, .running_var for batch norm;
+                                                            rms norm has no bias]
     layers.{i}.lru.nu_log, .theta_log, .gamma_log (N,)
-    layers.{i}.lru.B_re, .B_im (N, H); .C_re, .C_im (H, N); .D (H,) or (H, H) when skip = full
-    layers.{i}.out1.weight, out2.weight (H, H); .bias (H,)
-    decoder.weight (d_output, d_model), decoder.bias
+    layers.{i}.lru.B_re, .B_im (N, H); .C_re, .C_im (H, N); .D (H,) or (H, H) when skip = full, none when
+                                                           skip = identity
+    [layers.{i}.lru.B_bias_re, .B_bias_im (N,), .C_bias (H,)]   lru_bias
+    layers.{i}.out1.weight, out2.weight (H, H); .bias (H,) ff glu; or fc1 (d_ff, H), fc2 (H, d_ff) ff mlp
+    [layers.{i}.norm2.*]                                    ff_sublayer
+    [decoder.norm.*]                                        final_norm
+    decoder.weight (d_output, d_model) (decoder linear), decoder.bias (decoder_bias)
+A bare layer (encoder none, layer 0 reading d_input wide inputs) has B (N, d_input) and D (d_model, d_input).
 
 Loading checks everything at once and raises one CheckpointError listing every problem. Saving is atomic:
 the folder is written beside its destination and renamed into place.
@@ -46,29 +53,51 @@ def resolve_model_dir(target) -> Path:
 def expected_shapes(cfg: LRUConfig) -> dict[str, tuple[int, ...]]:
     H, N = cfg.d_model, cfg.d_hidden
     shapes: dict[str, tuple[int, ...]] = {}
+
+    def norm(prefix: str, d: int) -> None:
+        if cfg.norm != "none":
+            shapes[prefix + "weight"] = (d,)
+        if cfg.norm in ("layer", "batch"):
+            shapes[prefix + "bias"] = (d,)
+        if cfg.norm == "batch":
+            shapes[prefix + "running_mean"] = (d,)
+            shapes[prefix + "running_var"] = (d,)
+
     if cfg.tokens:
         shapes["embedding.weight"] = (cfg.vocab_size, H)
-    else:
+    elif cfg.encoder == "linear":
         shapes["encoder.weight"] = (H, cfg.d_input)
         shapes["encoder.bias"] = (H,)
+    if cfg.embedding_norm:
+        norm("embedding_norm.", H)
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
-        if cfg.norm != "none":
-            shapes[p + "norm.weight"] = (H,)
-            shapes[p + "norm.bias"] = (H,)
-        if cfg.norm == "batch":
-            shapes[p + "norm.running_mean"] = (H,)
-            shapes[p + "norm.running_var"] = (H,)
+        d_in, d_out = cfg.layer_widths(i)
+        norm(p + "norm.", d_in if cfg.prenorm else d_out)
         for name in ("nu_log", "theta_log", "gamma_log"):
             shapes[p + "lru." + name] = (N,)
-        shapes[p + "lru.B_re"] = shapes[p + "lru.B_im"] = (N, H)
-        shapes[p + "lru.C_re"] = shapes[p + "lru.C_im"] = (H, N)
-        shapes[p + "lru.D"] = (H,) if cfg.skip == "diagonal" else (H, H)
-        for lin in ("out1", "out2"):
-            shapes[p + lin + ".weight"] = (H, H)
-            shapes[p + lin + ".bias"] = (H,)
-    shapes["decoder.weight"] = (cfg.d_output, H)
-    shapes["decoder.bias"] = (cfg.d_output,)
+        shapes[p + "lru.B_re"] = shapes[p + "lru.B_im"] = (N, d_in)
+        shapes[p + "lru.C_re"] = shapes[p + "lru.C_im"] = (d_out, N)
+        if cfg.skip in ("diagonal", "full"):
+            shapes[p + "lru.D"] = (d_in,) if cfg.skip == "diagonal" else (d_out, d_in)
+        if cfg.lru_bias:
+            shapes[p + "lru.B_bias_re"] = shapes[p + "lru.B_bias_im"] = (N,)
+            shapes[p + "lru.C_bias"] = (d_out,)
+        if cfg.ff == "glu":
+            for lin in ("out1", "out2"):
+                shapes[p + lin + ".weight"] = (d_out, d_out)
+                shapes[p + lin + ".bias"] = (d_out,)
+        elif cfg.ff == "mlp":
+            shapes[p + "fc1.weight"], shapes[p + "fc1.bias"] = (cfg.d_ff, d_out), (cfg.d_ff,)
+            shapes[p + "fc2.weight"], shapes[p + "fc2.bias"] = (d_out, cfg.d_ff), (d_out,)
+        if cfg.ff_sublayer:
+            norm(p + "norm2.", d_out)
+    if cfg.final_norm:
+        norm("decoder.norm.", H)
+    if cfg.decoder == "linear":
+        shapes["decoder.weight"] = (cfg.d_output, H)
+    if cfg.decoder != "none" and cfg.decoder_bias:
+        shapes["decoder.bias"] = (cfg.d_output,)
     return shapes
 
 
@@ -98,7 +127,7 @@ def state_dict_problems(cfg: LRUConfig, sd: Mapping[str, torch.Tensor]) -> list[
         bad = (~torch.isfinite(t)).sum().item()
         if bad:
             problems.append(f"{k}: {bad} NaN or Inf value(s)")
-        if k.endswith("norm.running_var") and (t < 0).any():
+        if k.endswith("running_var") and (t < 0).any():
             problems.append(f"{k}: negative variance")
     for i in range(cfg.n_layers):
         k = f"layers.{i}.lru.nu_log"
