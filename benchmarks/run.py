@@ -4,7 +4,7 @@
 
 Side by side in one run, per model and shape: the PyTorch reference in its fastest float32 form (LRUModel
 float32, mode='parallel', torch.no_grad; model.step for the step), the exported graphs in ONNX Runtime (fp32, and
-fp16 outside --quick), and the floors in ONNX Runtime (build_prefill/build_step with floor=True: the same
+fp16 outside --quick), and the floors in ONNX Runtime (benchmarks/floors.py: the same
 projections and the rest of the block, the scan removed). The runs being compared alternate, repetition by
 repetition, and each figure is the minimum, so a burst of load from other jobs hits every backend alike.
 
@@ -201,7 +201,7 @@ def prepare(name: str, model_dir: Path, root: Path, precisions, chunk=None) -> d
     from lru_deploy.checkpoints import load_model
     from lru_deploy.export import export_model
     from lru_deploy.model import gold
-    from lru_deploy.export.graphs import build_prefill, build_step
+    from floors import floor_prefill, floor_step
     t0 = time.perf_counter()
     out = export_model(model_dir, root / "export" / name, precisions=precisions,
                        **({"chunk": chunk} if chunk else {}))
@@ -210,9 +210,9 @@ def prepare(name: str, model_dir: Path, root: Path, precisions, chunk=None) -> d
     m64 = gold(load_model(model_dir))
     floor = root / "floor" / name
     floor.mkdir(parents=True)
-    onnx.save(build_prefill(m64, "fp32", man["chunk"], man["max_seq"], man["opset"], floor=True),
+    onnx.save(floor_prefill(m64, man["chunk"], man["max_seq"], man["opset"], man["prefill_outputs"]),
               str(floor / "prefill.onnx"))
-    onnx.save(build_step(m64, "fp32", man["opset"], floor=True), str(floor / "step.onnx"))
+    onnx.save(floor_step(m64, man["opset"]), str(floor / "step.onnx"))
     model = {"name": name, "model_dir": str(model_dir), "export": out, "floor": floor, "manifest": man,
              "export_seconds": export_s}
     model["paper"] = paper_figures(model)

@@ -247,11 +247,16 @@ class ExportManifest(_Manifest):
         return problems
 
     def limit_problems(self, model) -> list[str]:
-        """The limits a graph records in its metadata (max_seq, chunk) against this manifest's."""
-        from .export import graphs as graph_builder
-        limits = graph_builder.graph_limits(model) if hasattr(graph_builder, "graph_limits") else {}
+        """The limits a graph records in its metadata (max_seq, chunk, scan reach) against this manifest's.
+        `model`: an onnx.ModelProto or ONNX Runtime's custom metadata map of a loaded session."""
+        from .export.graphs import graph_limits
+        from .export.scan import scan_reach
+        limits = graph_limits(model)
+        wants = [("max_seq", self.max_seq), ("chunk", self.chunk)]
+        if all(isinstance(v, int) and v >= 1 for _, v in wants):
+            wants.append(("scan_reach", scan_reach(self.max_seq, self.chunk)))
         return [f"the graph was built for {key} {limits[key]}, the manifest says {want}"
-                for key, want in (("max_seq", self.max_seq), ("chunk", self.chunk))
+                for key, want in wants
                 if key in limits and limits[key] != want]
 
 

@@ -17,7 +17,7 @@ from lru_deploy.cases import shape_matrix
 from lru_deploy.export import export_model
 from lru_deploy.runtime.onnxruntime import emulate_reduced, ort_session, run_session
 from lru_deploy.model import LRUConfig, LRUModel, init_parameters
-from lru_deploy.export.graphs import bf16_bits
+from lru_deploy.export.builder import bf16_bits
 
 CHECK_CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_contract.py"
 

@@ -7,7 +7,7 @@ import torch
 from lru_deploy.cases import reference_outputs, rel_l2
 from lru_deploy.runtime.onnxruntime import ort_session, run_session
 from lru_deploy.model import LRUConfig, LRUModel, gold, init_parameters
-from lru_deploy.export.graphs import bf16_bits, build_prefill, build_step, lam_pow, toeplitz_mats
+from lru_deploy.export.graphs import build_prefill, build_step, graph_limits, graph_probes
 
 FORBIDDEN = {"Loop", "Scan", "If", "CumSum", "DFT", "STFT"}
 BAD_TYPES = {onnx.TensorProto.DOUBLE, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
@@ -81,46 +81,6 @@ def test_prefill_outputs_last():
     np.testing.assert_allclose(got["outputs"], ref["outputs"][:, -1], rtol=1e-5, atol=2e-6)
 
 
-def test_toeplitz_matrices_apply_the_recurrence():
-    """Laug @ [local inputs; carry] equals a plain complex recurrence started from the carry."""
-    rng = np.random.default_rng(4)
-    N, T = 5, 7
-    lam = 0.999 * np.exp(1j * rng.uniform(0, np.pi, N)) * rng.uniform(0.5, 1.0, N)
-    b = rng.normal(size=(N, T)) + 1j * rng.normal(size=(N, T))
-    h0 = rng.normal(size=N) + 1j * rng.normal(size=N)
-    want = np.zeros((N, T), complex)
-    x = h0
-    for t in range(T):
-        x = lam * x + b[:, t]
-        want[:, t] = x
-    Laug, Lend = toeplitz_mats(lam, T)
-    v = np.concatenate([b.real, b.imag, h0.real[:, None], h0.imag[:, None]], axis=1)  # (N, 2T+2)
-    out = np.einsum("nij,nj->ni", Laug, v)
-    np.testing.assert_allclose(out[:, :T] + 1j * out[:, T:], want, rtol=1e-12, atol=1e-12)
-    end = np.einsum("nij,nj->ni", Lend, v[:, :2 * T])  # chunk end with zero carry-in
-    x = np.zeros(N, complex)
-    for t in range(T):
-        x = lam * x + b[:, t]
-    np.testing.assert_allclose(end[:, 0] + 1j * end[:, 1], x, rtol=1e-12, atol=1e-12)
-
-
-def test_lam_pow_is_exact_for_large_powers():
-    lam = np.array([0.99999 * np.exp(0.3j), 0.5 * np.exp(-2j)])
-    k = 65536
-    want = np.array([complex(x) ** k for x in lam])  # repeated squaring in Python complex, float64
-    np.testing.assert_allclose(lam_pow(lam, k), want, rtol=1e-9, atol=1e-300)
-
-
-def test_bf16_bits_round_to_nearest_even():
-    ml_dtypes = pytest.importorskip("ml_dtypes")  # ships with onnx; an independent bf16 conversion
-    rng = np.random.default_rng(5)
-    x = np.concatenate([rng.normal(size=1000) * 10.0 ** rng.integers(-30, 30, 1000),
-                        [1.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -2.5, 3.0e38]]).astype(np.float32)
-    want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
-    np.testing.assert_array_equal(bf16_bits(x), want)
-    assert bf16_bits(np.array([1.0 + 2 ** -8], np.float32))[0] == bf16_bits(np.array([1.0], np.float32))[0]
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_graphs_are_tensorrt_shaped(name, precision):
@@ -188,3 +148,24 @@ def test_step_drift_over_10k_steps(slow_model):
     # lambda is carried as a two-term float32 sum: measured 2.8e-6 (one-term: 1.6e-4); guard the design
     assert rel_l2(st, ref["state_out"]) <= 3e-5
     assert rel_l2(outs[:, -1000:], ref["outputs"][:, -1000:]) <= 3e-5
+
+
+def test_nodes_are_named_by_where_they_sit_and_limits_are_recorded():
+    m = make("tokens-none")
+    g = build_prefill(m, "fp16", chunk=8, max_seq=1000)
+    names = [n.name for n in g.graph.node]
+    assert len(set(names)) == len(names)
+    assert all(n.startswith("/") for n in names)
+    assert any(n.startswith("/layers.1/lru/scan/step3/") for n in names)
+    assert any(n.startswith("/layers.0/lru/intra/") for n in names) and "/decoder/linear/MatMul" in names
+    assert graph_limits(g) == {"max_seq": 1000, "chunk": 8, "scan_reach": 8 * (2 ** 7 - 1)}
+    props = {p.key: p.value for p in g.metadata_props}
+    assert props["lru_deploy.graph"] == "prefill" and props["lru_deploy.precision"] == "fp16"
+    step = build_step(m, "fp32")
+    assert graph_limits(step) == {} and any(n.name.startswith("/layers.1/lru/recurrence/") for n in step.graph.node)
+    produced = {o for n in g.graph.node for o in n.output}
+    for graph in (g, step):
+        probes = graph_probes(graph)
+        assert set(probes) == {f"layers.{i}/{k}" for i in range(2) for k in ("norm_in", "lru", "lru_state", "block")}
+        assert all(t in {o for n in graph.graph.node for o in n.output} for t in probes.values())
+    assert graph_probes(g)["layers.1/block"] in produced

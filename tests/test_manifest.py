@@ -90,6 +90,20 @@ def test_a_lying_manifest_is_refused_by_every_consumer(copy, capsys, lie, words)
     assert rc == 1 and words in capsys.readouterr().out
 
 
+def test_a_false_max_seq_is_refused_by_every_consumer(copy, capsys):
+    """The graphs record the limits they were built for; a manifest that claims more is caught by its readers."""
+    _edit(copy, lambda m: m.update(max_seq=64))
+    words = "the graph was built for max_seq 32, the manifest says 64"
+    x = copy.parent / "x.npy"
+    np.save(x, np.zeros((1, 3), np.int64))
+    for argv in (["run", copy, "--backend", "onnxruntime", "--inputs", x, "--output", copy.parent / "y.npy"],
+                 ["generate", copy, "--prompt", "ab", "--max-new-tokens", "2"],
+                 ["check", copy, "--quick", "--report", copy.parent / "r"]):
+        assert words in _user_error(capsys, argv), argv
+    rc = cli.main(["lint", str(copy)])
+    assert rc == 1 and words in capsys.readouterr().out
+
+
 def test_a_damaged_graph_whose_hash_was_updated_is_one_clean_error(copy, capsys):
     graph = copy / "fp32" / "prefill.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])

@@ -133,7 +133,9 @@ def test_report_numbers_match_an_independent_computation(exports, capsys):
 
 # ---------------------------------------------------------------- a perturbed constant fails
 
-@pytest.mark.parametrize("graph, prefix", [("prefill", "Laug_"), ("prefill", "Wc_"), ("step", "Wc_")])
+@pytest.mark.parametrize("graph, prefix", [("prefill", "/layers.0/lru/intra/Laug"),
+                                           ("prefill", "/layers.0/lru/project_out/weight"),
+                                           ("step", "/layers.0/lru/project_out/weight")])
 def test_a_constant_perturbed_by_1e_3_fails_and_names_the_output(exports, tmp_path, capsys, caplog, graph, prefix):
     caplog.set_level(logging.INFO, logger="lru_deploy")
     folder = copy_export(exports["tokens"], tmp_path / "bad")
@@ -155,7 +157,7 @@ def test_a_constant_perturbed_by_1e_3_fails_and_names_the_output(exports, tmp_pa
 
 def test_a_graph_whose_hash_disagrees_with_the_manifest_is_refused_before_any_work(exports, tmp_path, capsys):
     folder = copy_export(exports["tokens"], tmp_path / "bad")
-    perturb_constant(folder / "fp32" / "step.onnx", "Wc_")
+    perturb_constant(folder / "fp32" / "step.onnx", "/layers.0/lru/project_out/weight")
     rc, out, err = run_check(capsys, folder, "--precision", "fp32", *SMALL)
     assert rc == 1 and "does not match the sha256 recorded in the manifest" in err and "Traceback" not in err
     assert not (folder / "report").exists()
@@ -197,7 +199,7 @@ def test_the_written_polygraphy_command_reproduces_and_catches_a_corruption(expo
         res = subprocess.run(polygraphy_argv(cmd), capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "PASSED" in res.stdout
-    perturb_constant(folder / "fp32" / "prefill.onnx", "Wc_")
+    perturb_constant(folder / "fp32" / "prefill.onnx", "/layers.0/lru/project_out/weight")
     res = subprocess.run(polygraphy_argv(fp32_prefill), capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "FAILED" in res.stdout + res.stderr
 

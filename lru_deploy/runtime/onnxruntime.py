@@ -60,6 +60,7 @@ class OnnxruntimeSession(Session):
             io.update({o.name: ("output", _ORT_TYPES.get(o.type), o.shape) for o in sess.get_outputs()})
             spec = self.prefill_spec if graph == "prefill" else self.step_spec
             problems += contract.io_problems(graph, spec, io)
+            problems += [f"{graph}: {p}" for p in m.limit_problems(sess.get_modelmeta().custom_metadata_map)]
             self._sessions[graph] = sess
             self._outputs[graph] = spec.output_names
         if problems:
