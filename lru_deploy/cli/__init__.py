@@ -24,6 +24,8 @@ STAGES: list[str] = [
     "lru_deploy.cli.lint",
     "lru_deploy.cli.importers",
     "lru_deploy.cli.check",
+    "lru_deploy.cli.triton",
+    "lru_deploy.cli.serve",
 ]
 
 
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("reference", "onnxruntime", "tensorrt"), default=None,
                    help="default: what TARGET holds (model -> reference, export -> onnxruntime, engines -> tensorrt)")
     s.add_argument("--precision", default=None, help="onnxruntime: which exported precision to run (default fp32)")
+    s.add_argument("--server", default=None, metavar="HOST:PORT[/MODEL]",
+                   help="generate through a Triton server's HTTP port instead (model lru unless named; TARGET unused)")
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     s.add_argument("--top-k", type=int, default=40, help="0 = all tokens")

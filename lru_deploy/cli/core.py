@@ -75,7 +75,11 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
         raise InputError("--max-new-tokens, --top-k and --temperature must be >= 0")
     kwargs = {"precision": args.precision} if args.precision else {}
-    sess = open_session(resolve_model_dir(args.target), args.backend, **kwargs)
+    if getattr(args, "server", None):  # through a Triton server: lru_deploy.serve.client
+        from ..serve.client import remote_session
+        sess = remote_session(args)
+    else:
+        sess = open_session(resolve_model_dir(args.target), args.backend, **kwargs)
     prompt = encode(args.prompt)
     if prompt.size == 0:
         raise InputError("the prompt is empty", "pass at least one character with --prompt")
