@@ -4,6 +4,7 @@ without lru-deploy. The report folder appears whole or not at all (temporary fol
 
     REPORT/report.json
     REPORT/<precision>/error_along_sequence.png
+    REPORT/<precision>/localize.png                  with --localize or a miss: error per block and sub-step
     REPORT/<precision>/{prefill,step}.inputs.json     polygraphy.json.save_json of the feed dicts
     REPORT/<precision>/{prefill,step}.outputs.json    RunResults of the reference runner (--load-outputs)
     REPORT/<precision>/{prefill,step}.emulated.onnx   bf16 exports only: the float32 twin ONNX Runtime can run
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 FORMAT = "lru-deploy-parity-v1"
 REPRO_MAX_BYTES = 8 << 20  # a case goes into the Polygraphy files when its float32 outputs fit in 8 MiB
 PLOT = "error_along_sequence.png"
+LOCALIZE_PLOT = "localize.png"
 
 
 def write_report(out: Path, target, model: dict, checks: dict, settings: dict, seconds: float,
@@ -42,6 +44,9 @@ def write_report(out: Path, target, model: dict, checks: dict, settings: dict, s
             entry["polygraphy"] = write_repro(tmp / prec, out / prec, target, pc)
             if write_plot(tmp / prec / PLOT, pc.curves, pc.tol, f"{target.folder.name} {prec} ({target.backend})"):
                 entry["plot"] = str(out / prec / PLOT)
+            if entry.get("localize") and write_localize_plot(tmp / prec / LOCALIZE_PLOT, entry["localize"],
+                                                             f"{target.folder.name} {prec}: error per probe"):
+                entry["localize_plot"] = str(out / prec / LOCALIZE_PLOT)
             precisions[prec] = entry
         failures = [f for e in precisions.values() for f in e["failures"]]
         report = {
@@ -79,7 +84,8 @@ def precision_entry(pc) -> dict:
     return {"backend": pc.t.backend, "mode": "bf16-emulated" if pc.prec == "bf16" and pc.t.kind == "export"
             else "native", "pass": not failures, "failures": failures,
             "tolerances": {"table": contract.TOLERANCES[pc.prec], "used": pc.tol, "overridden": pc.overrides},
-            "summary": summary, "drift": drift, "curves": pc.curves, "rows": rows}
+            "summary": summary, "drift": drift, "curves": pc.curves, "rows": rows,
+            "localize": list(getattr(pc, "localization", []))}
 
 
 def write_repro(tmp: Path, final: Path, target, pc) -> dict:
@@ -146,6 +152,36 @@ def write_plot(path: Path, curves: dict, tol: dict, title: str) -> bool:
     return True
 
 
+def write_localize_plot(path: Path, results: list[dict], title: str) -> bool:
+    """Relative L2 error at every probe, in network order, one line per localized graph, log y."""
+    results = [r for r in results if r["rows"]]
+    if not results:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    labels = [row["probe"] for row in max(results, key=lambda r: len(r["rows"]))["rows"]]
+    for r in results:
+        ys = {row["probe"]: row["rel_l2"] for row in r["rows"] if row["rel_l2"] is not None}
+        xs = [i for i, name in enumerate(labels) if name in ys]
+        ax.semilogy(xs, [max(ys[labels[i]], 1e-12) for i in xs], marker="o", label=f"{r['graph']} ({r['case']})")
+        if r.get("first_over") in labels:
+            i = labels.index(r["first_over"])
+            ax.annotate(f"first over: {r['first_over']}", (i, max(ys.get(r["first_over"], 1e-12), 1e-12)),
+                        textcoords="offset points", xytext=(5, 8), fontsize="small")
+    ax.axhline(results[0]["bound_rel_l2"], color="tab:red", linestyle="--",
+               label=f"bound {results[0]['bound_rel_l2']:g}")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize="small")
+    ax.set_ylabel("relative L2 error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title)
+    fig.savefig(str(path), dpi=100)
+    return True
+
+
 # ---------------------------------------------------------------- console
 
 def _num(v) -> str:
@@ -193,6 +229,12 @@ def console(report: dict) -> str:
                          f"{_num(d.get('state_out_rel_l2'))}; bound {d['bound']:g}")
         if "plot" in e:
             lines.append(f"plot: {e['plot']}")
+        for loc in e.get("localize", []):
+            lines.append(f"localize {loc['case']}: {loc['summary']}")
+            lines += [f"    {row['probe']:<24} rel L2 {_num(row['rel_l2'])}  max abs {_num(row['max_abs'])}"
+                      + (f"  x{row['growth']:.3g}" if row.get("growth") else "") for row in loc["rows"]]
+        if "localize_plot" in e:
+            lines.append(f"localize plot: {e['localize_plot']}")
     if report["commands"]:
         lines += ["", "reproduce the single-call cases without lru-deploy:"]
         lines += [f"  {c}" for c in report["commands"]]
