@@ -14,12 +14,12 @@ table equal to its rendering for the bundled model.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .model import LRUConfig
 
 GRAPHS = ("prefill", "step")
@@ -104,9 +104,12 @@ def state_inputs(cfg: LRUConfig) -> tuple[TensorSpec, ...]:
 
 
 def graph_spec(cfg: LRUConfig, graph: str, prefill_outputs: str = "all") -> GraphSpec:
-    """The contract of one graph. prefill_outputs='last' makes a pooling-none prefill return [batch, d_output]."""
+    """The contract of one graph. prefill_outputs='last' makes a pooling-none prefill return [batch, d_output].
+    `cfg` may also be a ModuleConfig (an export of your own nn.Module), which has its own state layout."""
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    if isinstance(cfg, ModuleConfig):
+        return cfg.graph_spec(graph)
     seq_axes: tuple[Dim, ...] = ("batch", "seq") if graph == "prefill" else ("batch",)
     x = (TensorSpec("input_ids", "int64", seq_axes) if cfg.tokens
          else TensorSpec("inputs", "float32", seq_axes + (cfg.d_input,)))
@@ -265,3 +268,109 @@ def spec_differences(got: GraphSpec, want: GraphSpec) -> list[str]:
     io = {t.name: ("input", t.dtype, list(t.shape)) for t in got.inputs}
     io.update({t.name: ("output", t.dtype, list(t.shape)) for t in got.outputs})
     return io_problems(want.graph, want, io)
+
+
+# ---------------------------------------------------------------- exports of your own nn.Module
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    """The I/O of an `export_module` export (a PyTorch model built with lru_deploy.nn layers), as the manifest's
+    `config` records it (`kind: "module"`). It stands where an LRUConfig stands for the contract, the shape
+    matrix, the runtime and check.
+
+        prefill: `input_ids` int64 [batch, seq] or `inputs` float32 [batch, seq, d_input];
+                 one state per LRU layer, `state.<module name>` float32 [batch, 2, d_hidden of that layer]
+                 (planes: real, imaginary part), in the order of `layers`; with a mean Pool also `pool_sum`
+                 [batch, d_pool] and `pool_count` [batch, 1];
+                 outputs `outputs` [batch, seq, d_output] (or [batch, d_output] when the model pools), then each
+                 state input's `_out` partner in the same order
+        step:    the same with one position: `input_ids` [batch] or `inputs` [batch, d_input], `outputs`
+                 [batch, d_output]
+    """
+
+    layers: tuple  # ((module name, d_hidden), ...) in the model's order of registration
+    d_output: int
+    vocab_size: Optional[int] = None  # token models: ids in [0, vocab_size)
+    d_input: Optional[int] = None  # continuous models
+    pooling: str = "none"  # none | mean | last (a lru_deploy.nn.Pool inside the model)
+    d_pool: Optional[int] = None  # mean pooling: the width of the pooled tensor
+    model_class: str = ""  # the exported model's class, for messages
+    kind: str = "module"
+    log_softmax: bool = False  # the native field consumers read; a module's own log_softmax is in its graph
+
+    @property
+    def tokens(self) -> bool:
+        return self.vocab_size is not None
+
+    @staticmethod
+    def state_name(module: str) -> str:
+        return f"state.{module}"
+
+    def graph_spec(self, graph: str) -> GraphSpec:
+        seq_axes: tuple[Dim, ...] = ("batch", "seq") if graph == "prefill" else ("batch",)
+        x = (TensorSpec("input_ids", "int64", seq_axes) if self.tokens
+             else TensorSpec("inputs", "float32", seq_axes + (self.d_input,)))
+        states = [TensorSpec(self.state_name(name), "float32", ("batch", 2, n)) for name, n in self.layers]
+        if self.pooling == "mean":
+            states += [TensorSpec("pool_sum", "float32", ("batch", self.d_pool)),
+                       TensorSpec("pool_count", "float32", ("batch", 1))]
+        per_position = graph == "prefill" and self.pooling == "none"
+        out = TensorSpec(OUTPUTS, "float32", ("batch", "seq", self.d_output) if per_position
+                         else ("batch", self.d_output))
+        outs = [out] + [TensorSpec(out_name(t.name), t.dtype, t.shape) for t in states]
+        return GraphSpec(graph, (x,) + tuple(states), tuple(outs))
+
+    def problems(self) -> list[str]:
+        out = []
+        if (self.vocab_size is None) == (self.d_input is None):
+            out.append("exactly one of vocab_size (token ids) and d_input (continuous inputs) must be set")
+        if self.pooling not in ("none", "mean", "last"):
+            out.append(f"pooling must be none, mean or last, got {self.pooling!r}")
+        if self.pooling == "mean" and not (isinstance(self.d_pool, int) and self.d_pool >= 1):
+            out.append(f"mean pooling needs d_pool >= 1, got {self.d_pool!r}")
+        if not self.layers:
+            out.append("no LRU layers")
+        for entry in self.layers:
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+                    and isinstance(entry[1], int) and entry[1] >= 1):
+                out.append(f"layer entry {entry!r} is not [module name, d_hidden]")
+        names = [e[0] for e in self.layers if isinstance(e, (tuple, list)) and e]
+        if len(set(names)) != len(names):
+            out.append("two LRU layers share a name")
+        if not (isinstance(self.d_output, int) and self.d_output >= 1):
+            out.append(f"d_output must be a positive integer, got {self.d_output!r}")
+        if self.kind != "module":
+            out.append(f"kind must be 'module', got {self.kind!r}")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [[n, h] for n, h in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModuleConfig":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict):
+            raise ConfigError(f"a module config must be a JSON object, got {type(d).__name__}")
+        problems = [f"unknown config field {k!r}" for k in sorted(set(d) - known)]
+        missing = [k for k in ("layers", "d_output") if k not in d]
+        problems += [f"no {k!r} entry" for k in missing]
+        if not problems:
+            layers = d["layers"]
+            layers = tuple(tuple(e) if isinstance(e, list) else e for e in layers) if isinstance(layers, list) \
+                else layers
+            cfg = cls(**{**{k: v for k, v in d.items() if k in known}, "layers": layers})
+            problems = cfg.problems()
+        if problems:
+            raise ConfigError("invalid module config:", "export the model again with lru_deploy.export_module",
+                              problems)
+        return cfg
+
+
+def config_from_dict(d: dict):
+    """The config a manifest records: a ModuleConfig for `kind: "module"`, otherwise an LRUConfig."""
+    if isinstance(d, dict) and d.get("kind") == "module":
+        return ModuleConfig.from_dict(d)
+    return LRUConfig.from_dict(d)
