@@ -108,8 +108,13 @@ class _Manifest:
 
     @property
     def cfg(self):
-        from .model import LRUConfig
-        return LRUConfig.from_dict(self.config)
+        """The model config: an LRUConfig, or a contract.ModuleConfig for an export of your own nn.Module."""
+        return contract.config_from_dict(self.config)
+
+    @property
+    def is_module(self) -> bool:
+        """An export of your own nn.Module (lru_deploy.export_module): its reference lies in the folder."""
+        return isinstance(self.config, dict) and self.config.get("kind") == "module"
 
     def spec(self, graph: str) -> contract.GraphSpec:
         """The graph's I/O contract as this manifest records it."""
@@ -190,6 +195,7 @@ class ExportManifest(_Manifest):
     validation: dict = field(default_factory=dict)
     lint: dict = field(default_factory=dict)
     export_seconds: float = 0.0
+    reference: dict = field(default_factory=dict)  # module exports: name -> {"path", "sha256"} (torch.export .pt2)
     folder: Optional[Path] = None
     extra: dict = field(default_factory=dict)
 
@@ -214,6 +220,10 @@ class ExportManifest(_Manifest):
                 gs = {}
             for g in contract.GRAPHS:
                 files[f"{prec}/{g}"] = gs.get(g)
+        for key, ent in (self.reference.items() if isinstance(self.reference, dict) else ()):
+            files[f"reference/{key}"] = ent
+        if self.is_module and not self.reference:
+            files["reference"] = None  # reported: a module export without its reference program
         return files
 
     def _problems(self, verify: bool) -> list[str]:
@@ -226,6 +236,8 @@ class ExportManifest(_Manifest):
         return problems + super()._problems(verify)
 
     def _fix_hint(self) -> str:
+        if self.is_module:
+            return f"export the model again: lru_deploy.export_module(model, example_inputs, {str(self.folder)!r})"
         src = self.model.get("path", "MODEL_DIR") if isinstance(self.model, dict) else "MODEL_DIR"
         return f"export again: lru-deploy export {src} --out {self.folder} --overwrite"
 
