@@ -70,6 +70,8 @@ def case_feeds(cfg, case: Case, rng: np.random.Generator) -> OrderedDict:
 def random_inputs(cfg, batch: int, seq: Optional[int], nonzero: bool, rng: np.random.Generator) -> dict:
     """Feeds for one case, named by the contract. seq None: step-shaped inputs."""
     shape = (batch,) if seq is None else (batch, seq)
+    if isinstance(cfg, contract.ModuleConfig):
+        return _module_inputs(cfg, shape, nonzero, rng)
     if cfg.tokens:
         x = rng.integers(0, cfg.vocab_size, shape, dtype=np.int64)
     else:
@@ -84,7 +86,10 @@ def random_inputs(cfg, batch: int, seq: Optional[int], nonzero: bool, rng: np.ra
 
 
 def reference_outputs(model64: LRUModel, graph: str, feeds: dict, prefill_outputs: str = "all") -> dict:
-    """The float64 reference on contract-named feeds; contract-named float64 outputs."""
+    """The float64 reference on contract-named feeds; contract-named float64 outputs. `model64` may also be
+    an export_module reference (it runs the feeds itself)."""
+    if hasattr(model64, "reference_outputs"):
+        return model64.reference_outputs(graph, feeds)
     cfg = model64.cfg
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
     x = t[contract.input_name(cfg)]
@@ -97,6 +102,24 @@ def reference_outputs(model64: LRUModel, graph: str, feeds: dict, prefill_output
     if r.pool_sum is not None:
         out.update(pool_sum_out=r.pool_sum.numpy(), pool_count_out=r.pool_count.numpy())
     return out
+
+
+def _module_inputs(cfg, shape: tuple, nonzero: bool, rng: np.random.Generator) -> dict:
+    """random_inputs for a ModuleConfig: the model's input, then every state input of its contract."""
+    if cfg.tokens:
+        x = rng.integers(0, cfg.vocab_size, shape, dtype=np.int64)
+    else:
+        x = rng.normal(size=shape + (cfg.d_input,)).astype(np.float32)
+    feeds = {contract.input_name(cfg): x}
+    for t in cfg.graph_spec("step").state_inputs:
+        dims = [shape[0] if d == "batch" else d for d in t.shape]
+        if t.name == "pool_count":
+            feeds[t.name] = np.full(dims, 3.0 if nonzero else 0.0, np.float32)
+        elif t.name == "pool_sum":
+            feeds[t.name] = (rng.normal(size=dims) * (3 if nonzero else 0)).astype(np.float32)
+        else:
+            feeds[t.name] = (rng.normal(scale=0.5, size=dims) if nonzero else np.zeros(dims)).astype(np.float32)
+    return feeds
 
 
 def rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
