@@ -199,12 +199,12 @@ def prepare(name: str, model_dir: Path, root: Path, precisions, chunk=None) -> d
     """Export (timed), and write the floors beside it."""
     import onnx
     from lru_deploy.checkpoints import load_model
-    from lru_deploy.export import export_model
+    from lru_deploy.export import ExportOptions, export_model
     from lru_deploy.model import gold
     from floors import floor_prefill, floor_step
     t0 = time.perf_counter()
-    out = export_model(model_dir, root / "export" / name, precisions=precisions,
-                       **({"chunk": chunk} if chunk else {}))
+    out = export_model(model_dir, root / "export" / name,
+                       ExportOptions(precisions=precisions, **({"chunk": chunk} if chunk else {})))
     export_s = time.perf_counter() - t0
     man = json.loads((out / "manifest.json").read_text())
     m64 = gold(load_model(model_dir))

@@ -14,9 +14,11 @@ in `lru_deploy.trt_env`; tensorrt is imported only through it, when a build star
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shlex
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,17 +34,78 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = (1, 1, 8)
 DEFAULT_SEQ = (1, 512, 16384)  # clipped to the export's max_seq; longer prompts are split by the runtime (exact)
+MAX_DIM = 2 ** 31 - 1  # TensorRT dimensions are int32
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What `build_engines` builds. The defaults are owned here; the CLI's defaults read them."""
+
+    precision: str = "fp32"  # which precision of the export to build (one engine folder per precision)
+    batch: tuple[int, int, int] = DEFAULT_BATCH  # (min, opt, max) of both graphs' optimization profiles
+    seq: Optional[tuple[int, int, int]] = None  # prefill's (min, opt, max); None: DEFAULT_SEQ clipped to max_seq
+    timing_cache: Optional[str] = None  # a timing cache file, read and updated
+    opt_level: Optional[int] = None  # builder optimization level 0..5; None: TensorRT's default (3)
+    hardware_compat: str = "none"  # one of trt_env.HW_COMPAT: none, ampere+, same-cc
+    version_compatible: bool = False  # run with later TensorRT releases too
+    tf32: bool = False  # TF32 matmuls (faster, ~1e-3 error); off keeps fp32 parity
+    workspace_gib: Optional[float] = None  # builder workspace limit in GiB; None: TensorRT's default
+    device: int = 0  # CUDA device index
+
+    def problems(self) -> list[str]:
+        """Every problem with these options, named by their CLI flags; empty when they are valid."""
+        from .export import precision_problems
+        out = precision_problems([self.precision], one=True)
+        out += range_problems(self.batch, "batch")
+        if self.seq is not None:
+            out += range_problems(self.seq, "seq")
+        if self.opt_level is not None and (not _is_int(self.opt_level) or not 0 <= self.opt_level <= 5):
+            out.append(f"--opt-level must be 0..5, got {self.opt_level!r}")
+        if self.hardware_compat not in HW_COMPAT:
+            out.append(f"--hardware-compat {self.hardware_compat!r} is unknown; one of {', '.join(HW_COMPAT)}")
+        if self.workspace_gib is not None and not (isinstance(self.workspace_gib, (int, float)) and not
+                                                   isinstance(self.workspace_gib, bool) and
+                                                   math.isfinite(self.workspace_gib) and self.workspace_gib > 0):
+            out.append(f"--workspace must be a positive number of GiB, got {self.workspace_gib!r}")
+        if not _is_int(self.device) or self.device < 0:
+            out.append(f"--device must be a CUDA device index >= 0, got {self.device!r}")
+        for name in ("version_compatible", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        return out
+
+    def settings(self) -> dict:
+        """The build settings that reach TensorRT and trtexec."""
+        d = asdict(self)
+        return {k: d[k] for k in ("tf32", "opt_level", "hardware_compat", "version_compatible", "workspace_gib",
+                                  "timing_cache")}
 
 
 # ---------------------------------------------------------------- pure helpers (tested without TensorRT)
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def range_problems(vals, what: str, text=None) -> list[str]:
+    """A MIN:OPT:MAX range: three integers with 1 <= MIN <= OPT <= MAX <= 2^31-1 (TensorRT's int32 dims)."""
+    try:
+        vals = list(vals)
+    except TypeError:
+        vals = []
+    shown = text if text is not None else ":".join(map(str, vals))
+    if len(vals) != 3 or not all(_is_int(v) for v in vals) or not 1 <= vals[0] <= vals[1] <= vals[2]:
+        return [f"--{what} {shown!r} is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (for example --{what} 1:1:8)"]
+    if vals[2] > MAX_DIM:
+        return [f"--{what} {shown!r}: MAX must be at most {MAX_DIM} (TensorRT dimensions are int32)"]
+    return []
+
 
 def check_range(vals, what: str, text=None) -> tuple[int, int, int]:
+    problems = range_problems(vals, what, text)
+    if problems:
+        raise InputError(problems[0], f"for example --{what} 1:1:8")
     vals = list(vals)
-    if len(vals) != 3 or not all(isinstance(v, int) for v in vals) or not 1 <= vals[0] <= vals[1] <= vals[2]:
-        shown = text if text is not None else ":".join(map(str, vals))
-        raise InputError(f"--{what} {shown!r} is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX",
-                         f"for example --{what} 1:1:8")
     return vals[0], vals[1], vals[2]
 
 
@@ -154,31 +217,37 @@ def _progress_monitor(trt, label: str):
     return Monitor()
 
 
-def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAULT_BATCH, seq=None, *,
-                  timing_cache: Optional[str] = None, opt_level: Optional[int] = None,
-                  hardware_compat: str = "none", version_compatible: bool = False, tf32: bool = False,
-                  workspace_gib: Optional[float] = None, device: int = 0, overwrite: bool = False) -> tuple[Path, EngineManifest]:
+def build_engines(export_dir, out_dir=None, options: Optional[BuildOptions] = None, *,
+                  overwrite: bool = False) -> tuple[Path, EngineManifest]:
     """Build prefill.plan and step.plan and the engine manifest; the folder appears whole or not at all.
 
-    batch and seq are (min, opt, max); seq defaults to DEFAULT_SEQ clipped to the export's max_seq.
+    out_dir defaults to engines/<model name>/<gpu>-<precision>; `overwrite` replaces a folder that holds
+    files `build` did not write. The options and the export folder are checked before TensorRT is looked for.
     """
-    running = trt_env.preflight(device)  # before any work: without TensorRT or a GPU there is nothing to do
-    batch = check_range(batch, "batch")
-    if hardware_compat not in HW_COMPAT:
-        raise InputError(f"--hardware-compat {hardware_compat!r} is unknown", f"one of {', '.join(HW_COMPAT)}")
-    export_dir = Path(export_dir).resolve()
+    o = options or BuildOptions()
+    if not isinstance(o, BuildOptions):
+        raise TypeError(f"options must be a BuildOptions, got {type(o).__name__}")
+    problems = o.problems()
+    if problems:
+        raise InputError("cannot build:", "fix the options named above", problems)
+    precision, batch = o.precision, tuple(o.batch)
+    export_dir = Path(export_dir)
+    if not export_dir.exists():
+        raise InputError(f"the export folder {export_dir} does not exist",
+                         "pass the folder `lru-deploy export` wrote (it holds manifest.json)")
+    export_dir = export_dir.resolve()
     src = ExportManifest.read(export_dir, precision=precision)
+    running = trt_env.preflight(o.device)  # TensorRT and a GPU, once the inputs are known to be right
     cfg = src.cfg
     export_max = src.max_seq
-    seq = tuple(min(s, export_max) for s in DEFAULT_SEQ) if seq is None else check_range(seq, "seq")
+    seq = tuple(min(s, export_max) for s in DEFAULT_SEQ) if o.seq is None else tuple(o.seq)
     if seq[2] > export_max:
         raise InputError(f"--seq max {seq[2]} exceeds the export's max_seq {export_max}",
                          f"use --seq MIN:OPT:{export_max} or export again with a larger --max-seq")
     profiles = profile_shapes(cfg, batch, seq)
     out = Path(out_dir) if out_dir else default_engine_dir(src.name, running.gpu_name, precision)
     check_destination(out, "build", reads=[export_dir / MANIFEST], overwrite=overwrite)
-    settings = dict(tf32=tf32, opt_level=opt_level, hardware_compat=hardware_compat,
-                    version_compatible=version_compatible, workspace_gib=workspace_gib, timing_cache=timing_cache)
+    settings = o.settings()
     graphs = src.graphs[precision]
     onnx = {g: export_dir / graphs[g]["path"] for g in contract.GRAPHS}
     plans = {g: out / f"{g}.plan" for g in contract.GRAPHS}
@@ -200,8 +269,8 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
             gpu={"name": running.gpu_name, "compute_capability": running.compute_capability},
             tensorrt={"version": running.trt_version}, platform=running.platform,
             profiles=profiles, batch=list(batch), seq=list(seq), max_seq=seq[2], chunk=src.chunk,
-            tf32=tf32, hardware_compat=hardware_compat, version_compatible=version_compatible,
-            builder_optimization_level=opt_level, workspace_gib=workspace_gib,
+            tf32=o.tf32, hardware_compat=o.hardware_compat, version_compatible=o.version_compatible,
+            builder_optimization_level=o.opt_level, workspace_gib=o.workspace_gib,
             source={"export_dir": str(export_dir), "export_max_seq": export_max,
                     "graphs": {g: {"path": str(onnx[g]), "sha256": graphs[g].get("sha256")}
                                for g in contract.GRAPHS}},
@@ -209,8 +278,3 @@ def build_engines(export_dir, out_dir=None, precision: str = "fp32", batch=DEFAU
             build_seconds=timings, trtexec=commands)
         manifest.write(tmp)
     return out, manifest
-
-
-# ---------------------------------------------------------------- CLI
-
-

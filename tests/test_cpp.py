@@ -16,7 +16,7 @@ import pytest
 
 from lru_deploy import engines, trt_env
 from lru_deploy.checkpoints import save_model
-from lru_deploy.export import export_model
+from lru_deploy.export import ExportOptions, export_model
 from lru_deploy.trt_env import RuntimeInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,14 +47,14 @@ def vc_engine_dir(tmp_path_factory, lru):
     """A version-compatible engine folder (fake plans) whose manifest holds TensorRT 10.13.0.35."""
     root = tmp_path_factory.mktemp("cpp")
     model = save_model(lru.make_model(lru.small_config(), seed=3), root / "tiny")
-    export = export_model(model, root / "export", precisions=("fp32",), chunk=4, max_seq=32, validate=False,
-                          lint=False)
+    export = export_model(model, root / "export", ExportOptions(precisions=("fp32",), chunk=4, max_seq=32,
+                          validate=False, lint=False))
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(trt_env, "preflight", lambda device=0: BUILT)
         mp.setattr(engines, "_build_plan", lambda onnx, profile, label, **kw: b"plan")
-        out, _ = engines.build_engines(export, root / "eng", batch=(1, 1, 2), seq=(1, 8, 16),
-                                       version_compatible=True)
+        out, _ = engines.build_engines(export, root / "eng", engines.BuildOptions(batch=(1, 1, 2), seq=(1, 8, 16),
+                                       version_compatible=True))
     finally:
         mp.undo()
     return out

@@ -29,8 +29,8 @@ def test_demo_takes_the_tensorrt_branch_where_tensorrt_is_present(tmp_path, monk
     calls = []
     monkeypatch.setattr(trt_env, "preflight", lambda device=0: RuntimeInfo("Fake GPU", "9.0", "10.9", "x"))
 
-    def fake_build(export_dir, precision="fp32", **kw):
-        calls.append(("build", precision))
+    def fake_build(export_dir, out_dir=None, options=None, **kw):
+        calls.append(("build", options.precision))
         return tmp_path / "engines", {}
 
     real_check = parity.check
@@ -39,7 +39,7 @@ def test_demo_takes_the_tensorrt_branch_where_tensorrt_is_present(tmp_path, monk
         if str(target).endswith("engines"):
             calls.append(("check", str(target)))
             return {"pass": True, "failures": []}
-        return real_check(target, *a, quick=True, **kw)
+        return real_check(target, *a, options=parity.CheckOptions(quick=True), **kw)
 
     monkeypatch.setattr(engines, "build_engines", fake_build)
     monkeypatch.setattr(parity, "check", fake_check)

@@ -21,7 +21,7 @@ from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.trt_env import RuntimeInfo, compatibility_problems
 from lru_deploy.errors import EngineError, InputError, ManifestError, OutputError
 from lru_deploy.files import MARKER
-from lru_deploy.export import export_model
+from lru_deploy.export import ExportOptions, export_model
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = RuntimeInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0.26", "linux-x86_64")
@@ -163,8 +163,8 @@ def test_trtexec_commands_carry_every_setting(lru):
 def export_dir(tmp_path_factory, lru):
     root = tmp_path_factory.mktemp("eng")
     model = save_model(lru.make_model(lru.small_config(), seed=3), root / "tiny")
-    return export_model(model, root / "export" / "tiny", precisions=("fp32",), chunk=4, max_seq=32,
-                        validate=False, lint=False)
+    return export_model(model, root / "export" / "tiny", ExportOptions(precisions=("fp32",), chunk=4, max_seq=32,
+                        validate=False, lint=False))
 
 
 @pytest.mark.skipif(not trt_env.tensorrt_problem(), reason="TensorRT is installed here")
@@ -224,7 +224,8 @@ def test_build_and_check_with_a_namespace_tensorrt_exit_1_clearly(namespace_tens
     with monkeypatch.context() as mp:  # an engine folder to check (fake plans)
         mp.setattr(trt_env, "preflight", lambda device=0: H100)
         mp.setattr(engines, "_build_plan", lambda onnx, profile, label, **kw: b"plan")
-        out, _ = engines.build_engines(export_dir, tmp_path / "e", batch=(1, 1, 2), seq=(1, 8, 16))
+        out, _ = engines.build_engines(export_dir, tmp_path / "e", engines.BuildOptions(batch=(1, 1, 2),
+                                       seq=(1, 8, 16)))
     assert cli.main(["check", str(out)]) == 1
     err = capsys.readouterr().err
     assert "is not TensorRT" in err and "Traceback" not in err
@@ -276,8 +277,8 @@ def fake_build(monkeypatch):
 
 def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_build, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out, man = engines.build_engines(export_dir, precision="fp32", batch=(1, 2, 4), opt_level=2,
-                                     hardware_compat="ampere+", version_compatible=True)
+    out, man = engines.build_engines(export_dir, options=engines.BuildOptions(precision="fp32", batch=(1, 2, 4),
+                                     opt_level=2, hardware_compat="ampere+", version_compatible=True))
     m = man.to_dict()
     assert out == Path("engines/tiny/h100-80gb-hbm3-fp32")
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "manifest.json", "prefill.plan", "step.plan"]
@@ -298,16 +299,16 @@ def test_build_writes_the_engine_folder_and_manifest(export_dir, tmp_path, fake_
     assert "--hardwareCompatibilityLevel=ampere+" in m["trtexec"]["step"]
     assert manifest.EngineManifest.read(out).name == "tiny"
     # a rebuild replaces the earlier engine folder whole
-    out2, _ = engines.build_engines(export_dir, out, batch=(1, 1, 2))
+    out2, _ = engines.build_engines(export_dir, out, engines.BuildOptions(batch=(1, 1, 2)))
     assert out2 == out and json.loads((out / "manifest.json").read_text())["batch"] == [1, 1, 2]
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary folders left
 
 
 def test_build_refuses_bad_requests_before_building(export_dir, tmp_path, fake_build):
     with pytest.raises(InputError, match="exceeds the export's max_seq 32"):
-        engines.build_engines(export_dir, tmp_path / "e1", seq=(1, 8, 64))
+        engines.build_engines(export_dir, tmp_path / "e1", engines.BuildOptions(seq=(1, 8, 64)))
     with pytest.raises(ManifestError, match="no fp16 graphs"):
-        engines.build_engines(export_dir, tmp_path / "e2", precision="fp16")
+        engines.build_engines(export_dir, tmp_path / "e2", engines.BuildOptions(precision="fp16"))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(OutputError, match="not empty"):
@@ -400,7 +401,8 @@ def test_build_real_engines(export_dir, tmp_path):
     gpu, why = trt_env.gpu_info()
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
-    out, m = engines.build_engines(export_dir, tmp_path / "e", batch=(1, 1, 2), seq=(1, 8, 32))
+    out, m = engines.build_engines(export_dir, tmp_path / "e", engines.BuildOptions(batch=(1, 1, 2),
+                                   seq=(1, 8, 32)))
     assert trt_env.compatibility_problems(m, trt_env.preflight()) == []
     assert (out / "prefill.plan").stat().st_size > 0
 
@@ -421,7 +423,8 @@ def test_cmake_configures_without_tensorrt_and_parses_a_manifest(export_dir, tmp
     res = subprocess.run(["cmake", "--build", str(build), "--target", "manifest_check"], capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    out, m = engines.build_engines(export_dir, tmp_path / "e", batch=(1, 2, 4), seq=(1, 8, 16))
+    out, m = engines.build_engines(export_dir, tmp_path / "e", engines.BuildOptions(batch=(1, 2, 4),
+                                   seq=(1, 8, 16)))
     res = subprocess.run([str(build / "manifest_check"), str(out)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     got = dict(line.split("=", 1) for line in res.stdout.strip().splitlines())

@@ -14,7 +14,7 @@ from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.cli import main
 from lru_deploy.errors import ExportError
 from lru_deploy.cases import shape_matrix
-from lru_deploy.export import export_model
+from lru_deploy.export import ExportOptions, export_model
 from lru_deploy.runtime.onnxruntime import emulate_reduced, ort_session, run_session
 from lru_deploy.model import LRUConfig, LRUModel, init_parameters
 from lru_deploy.export.builder import bf16_bits
@@ -37,7 +37,7 @@ def model_dirs(tmp_path_factory):
 
 def small_export(model_dir, out, precisions=("fp32", "fp16", "bf16"), **kw):
     kw = {"chunk": 8, "max_seq": 512, "long_seq": 300, **kw}
-    return export_model(model_dir, out, precisions, **kw)
+    return export_model(model_dir, out, ExportOptions(precisions=precisions, **kw))
 
 
 @pytest.mark.parametrize("name", ["tok", "mean"])
@@ -96,8 +96,8 @@ def test_existing_export_replaced_only_on_success(model_dirs, tmp_path, monkeypa
 
 def test_bad_options_are_all_listed(model_dirs, tmp_path):
     with pytest.raises(ExportError) as e:
-        export_model(model_dirs["tok"], tmp_path / "x", ("fp8",), chunk=1, max_seq=100, opset=21,
-                     prefill_outputs="some")
+        export_model(model_dirs["tok"], tmp_path / "x", ExportOptions(precisions=("fp8",), chunk=1, max_seq=100,
+                     opset=21, prefill_outputs="some"))
     probs = "\n".join(e.value.problems)
     for word in ("fp8", "--chunk", "--opset 21", "--prefill-outputs"):
         assert word in probs

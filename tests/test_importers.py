@@ -350,8 +350,8 @@ def test_imported_minimal_lru_exports(tmp_path):
     model_dir = tmp_path / "model"
     assert main(["import", "minimal-lru", str(FIXTURES / name / "params.msgpack"), "--postnorm",
                  "--pooling", "mean", "--out", str(model_dir)]) == 0
-    out = export.export_model(model_dir, tmp_path / "export", precisions=("fp32",), chunk=8, max_seq=256,
-                              validate=False, lint=False)
+    out = export.export_model(model_dir, tmp_path / "export", export.ExportOptions(precisions=("fp32",), chunk=8,
+                              max_seq=256, validate=False, lint=False))
     sess = ort.InferenceSession(str(out / "fp32" / "prefill.onnx"), providers=["CPUExecutionProvider"])
     x = np.load(FIXTURES / name / "inputs.npy")
     cfg = load_model(model_dir).cfg
@@ -365,15 +365,16 @@ def test_imported_minimal_lru_exports(tmp_path):
 @pytest.mark.parametrize("name", MINIMAL)
 def test_imported_minimal_lru_export_and_check_agree_with_flax(name, tmp_path):
     """Done-means of the importer issue: import, export (validated, linted), check; all within 1e-4 of minimal-LRU."""
-    from lru_deploy.export import export_model
+    from lru_deploy.export import ExportOptions, export_model
     from lru_deploy.runtime.onnxruntime import ort_session, run_session
-    from lru_deploy.parity import check
+    from lru_deploy.parity import CheckOptions, check
     m = meta(name)
     model_dir = tmp_path / "model"
     flags = ["--prenorm" if m["prenorm"] else "--postnorm", "--pooling", m["pooling"]]
     assert main(["import", "minimal-lru", str(FIXTURES / name / "params.msgpack"), *flags,
                  "--out", str(model_dir)]) == 0
-    out = export_model(model_dir, tmp_path / "export", precisions=("fp32",), chunk=8, max_seq=256, long_seq=100)
+    out = export_model(model_dir, tmp_path / "export", ExportOptions(precisions=("fp32",), chunk=8, max_seq=256,
+                       long_seq=100))
     cfg = load_model(model_dir).cfg
     x = np.load(FIXTURES / name / "inputs.npy")
     feeds = {"inputs": x, "state": np.zeros((x.shape[0], cfg.n_layers, 2, cfg.d_hidden), np.float32)}
@@ -383,5 +384,5 @@ def test_imported_minimal_lru_export_and_check_agree_with_flax(name, tmp_path):
     sess, _ = ort_session(out / "fp32" / "prefill.onnx", "fp32")
     got = run_session(sess, feeds)["outputs"]
     np.testing.assert_allclose(got, np.load(FIXTURES / name / "expected.npy"), atol=1e-4, rtol=0)
-    report = check(out, quick=True, drift_steps=200)
+    report = check(out, options=CheckOptions(quick=True, drift_steps=200))
     assert report["pass"], report["failures"]

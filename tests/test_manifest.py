@@ -11,7 +11,7 @@ import pytest
 from lru_deploy import cli, contract
 from lru_deploy.checkpoints import save_model
 from lru_deploy.errors import ManifestError
-from lru_deploy.export import export_model
+from lru_deploy.export import ExportOptions, export_model
 from lru_deploy.files import file_sha256
 from lru_deploy.manifest import EngineManifest, ExportManifest, folder_kind
 
@@ -20,7 +20,8 @@ from lru_deploy.manifest import EngineManifest, ExportManifest, folder_kind
 def export_dir(tmp_path_factory, lru):
     root = tmp_path_factory.mktemp("man")
     model = save_model(lru.make_model(lru.small_config(), seed=4), root / "model")
-    return export_model(model, root / "exp", precisions=("fp32",), chunk=4, max_seq=32, validate=False, lint=False)
+    return export_model(model, root / "exp", ExportOptions(precisions=("fp32",), chunk=4, max_seq=32,
+                        validate=False, lint=False))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from lru_deploy import cli, engines, parity
 from lru_deploy import trt_env
 from lru_deploy.checkpoints import file_sha256, save_model
 from lru_deploy.cases import reference_outputs, rel_l2
-from lru_deploy.export import export_model
+from lru_deploy.export import ExportOptions, export_model
 from lru_deploy.model import gold
 from lru_deploy.parity.runners import ReferenceRunner, SegmentsRunner, positions_reference
 
@@ -42,8 +42,8 @@ def exports(tmp_path_factory, lru):
     out = {}
     for i, (name, (overrides, precs)) in enumerate(CONFIGS.items()):
         model = save_model(lru.make_model(lru.small_config(**overrides), seed=10 + i), root / f"m_{name}")
-        out[name] = export_model(model, root / f"e_{name}", precisions=precs, chunk=4, max_seq=64,
-                                 validate=False, lint=False)
+        out[name] = export_model(model, root / f"e_{name}", ExportOptions(precisions=precs, chunk=4, max_seq=64,
+                                 validate=False, lint=False))
     return out
 
 
@@ -295,8 +295,8 @@ def fake_engine_dir(exports, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(trt_env, "preflight", lambda device=0: info)
         m.setattr(engines, "_build_plan", lambda onnx_path, profile, label, **kw: b"not a plan")
-        out, _ = engines.build_engines(exports["tokens"], tmp_path / "eng", "fp32", batch=(1, 1, 2),
-                                       seq=(1, 8, 16))
+        out, _ = engines.build_engines(exports["tokens"], tmp_path / "eng", engines.BuildOptions(precision="fp32",
+                                       batch=(1, 1, 2), seq=(1, 8, 16)))
     return out, info
 
 
@@ -308,7 +308,8 @@ def test_an_engine_folders_shape_matrix_uses_the_export_chunk_even_when_the_expo
     src = copy_export(exports["tokens"], tmp_path / "exp")
     monkeypatch.setattr(trt_env, "preflight", lambda device=0: info)
     monkeypatch.setattr(engines, "_build_plan", lambda onnx_path, profile, label, **kw: b"not a plan")
-    out, _ = engines.build_engines(src, tmp_path / "eng", "fp32", batch=(1, 1, 2), seq=(1, 8, 16))
+    out, _ = engines.build_engines(src, tmp_path / "eng", engines.BuildOptions(precision="fp32", batch=(1, 1, 2),
+                                   seq=(1, 8, 16)))
     shutil.rmtree(src)
     target = parity.open_target(out)
     assert target.chunk == 4 and not target.notes
@@ -355,6 +356,7 @@ def test_a_real_engine_folder(exports, tmp_path, capsys):
     gpu, why = trt_env.gpu_info()
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
-    out, _ = engines.build_engines(exports["tokens"], tmp_path / "eng", "fp32", batch=(1, 2, 4), seq=(1, 16, 64))
+    out, _ = engines.build_engines(exports["tokens"], tmp_path / "eng", engines.BuildOptions(precision="fp32",
+                                   batch=(1, 2, 4), seq=(1, 16, 64)))
     rc, text, err = run_check(capsys, out, *SMALL)
     assert rc == 0, text + err

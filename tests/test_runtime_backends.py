@@ -20,7 +20,7 @@ from lru_deploy import trt_env
 from lru_deploy import manifest
 from lru_deploy.checkpoints import save_model
 from lru_deploy.errors import EngineError, InputError, ManifestError
-from lru_deploy.export import export_model
+from lru_deploy.export import ExportOptions, export_model
 from lru_deploy.runtime import ReferenceSession, open_session
 from lru_deploy.runtime.onnxruntime import OnnxruntimeSession
 from lru_deploy.runtime.tensorrt import DeviceTensor, TensorrtSession
@@ -38,8 +38,8 @@ def tiny(tmp_path_factory, lru):
     root = tmp_path_factory.mktemp("rb")
     model = lru.make_model(lru.small_config(), seed=5)
     model_dir = save_model(model, root / "tiny")
-    export = export_model(model_dir, root / "export", precisions=("fp32", "fp16"), chunk=4, max_seq=16,
-                          validate=False, lint=False)
+    export = export_model(model_dir, root / "export", ExportOptions(precisions=("fp32", "fp16"), chunk=4,
+                          max_seq=16, validate=False, lint=False))
     return model, model_dir, export
 
 
@@ -49,8 +49,8 @@ def pooled(tmp_path_factory, lru):
     root = tmp_path_factory.mktemp("rbp")
     model = lru.make_model(lru.small_config(d_input=3, pooling="mean", d_output=4), seed=6)
     model_dir = save_model(model, root / "pooled")
-    export = export_model(model_dir, root / "export", precisions=("fp32",), chunk=4, max_seq=16, validate=False,
-                          lint=False)
+    export = export_model(model_dir, root / "export", ExportOptions(precisions=("fp32",), chunk=4, max_seq=16,
+                          validate=False, lint=False))
     return model, model_dir, export
 
 
@@ -120,8 +120,8 @@ def test_onnxruntime_fp16_within_the_precision_tolerance(tiny, lru):
 
 def test_onnxruntime_bf16_runs_emulated_within_tolerance(tmp_path, lru):
     model = lru.make_model(lru.small_config(), seed=8)
-    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", precisions=("bf16",), chunk=4,
-                          max_seq=64, validate=False, lint=False)
+    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", ExportOptions(precisions=("bf16",),
+                          chunk=4, max_seq=64, validate=False, lint=False))
     sess = OnnxruntimeSession(export, precision="bf16")
     assert sess.mode == "bf16-emulated"
     ids = lru.random_inputs(model.cfg, 2, 20, seed=4)
@@ -133,8 +133,8 @@ def test_onnxruntime_bf16_runs_emulated_within_tolerance(tmp_path, lru):
 
 def test_cpu_prefill_split_defaults_to_4096(tmp_path, lru):
     model = lru.make_model(lru.small_config(), seed=8)
-    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", precisions=("fp32",), chunk=4,
-                          max_seq=10000, validate=False, lint=False)
+    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", ExportOptions(precisions=("fp32",),
+                          chunk=4, max_seq=10000, validate=False, lint=False))
     assert OnnxruntimeSession(export).max_seq == 4096
     assert OnnxruntimeSession(export, split=None).max_seq == 10000
     assert OnnxruntimeSession(export, split=100).max_seq == 100
@@ -327,7 +327,8 @@ def engine_dir(tiny, tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
         mp.setattr(trt_env, "preflight", lambda device=0: H100)
         mp.setattr(engines, "_build_plan", lambda onnx, profile, label, **kw: f"plan:{label}".encode())
-        out, _ = engines.build_engines(tiny[2], tmp_path / "eng", batch=(1, 2, 2), seq=(1, 8, 16))
+        out, _ = engines.build_engines(tiny[2], tmp_path / "eng", engines.BuildOptions(batch=(1, 2, 2),
+                                       seq=(1, 8, 16)))
     return out
 
 
@@ -460,7 +461,7 @@ def test_tensorrt_end_to_end(tiny, tmp_path, lru):
     if gpu is None:
         pytest.skip(f"no CUDA GPU: {why}")
     model, _, export = tiny
-    out, _ = engines.build_engines(export, tmp_path / "eng", batch=(1, 2, 3), seq=(1, 8, 16))
+    out, _ = engines.build_engines(export, tmp_path / "eng", engines.BuildOptions(batch=(1, 2, 3), seq=(1, 8, 16)))
     with open_session(out) as trt:
         ids = lru.random_inputs(model.cfg, 3, 37, seed=11)
         got, st = trt.prefill(ids)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 
-from .. import contract
-from ..engines import DEFAULT_BATCH, HW_COMPAT, MANIFEST, build_engines, check_range
+from ..engines import DEFAULT_SEQ, HW_COMPAT, MANIFEST, BuildOptions, build_engines, check_range
+from .common import one_precision, precision_list
+
+D = BuildOptions()  # the defaults are owned by BuildOptions
 
 
 def register(sub) -> None:
@@ -13,34 +15,39 @@ def register(sub) -> None:
                                    "equivalent trtexec command lines. Needs TensorRT and an NVIDIA GPU.")
     s.add_argument("export_dir", help="export folder (manifest.json with graphs)")
     s.add_argument("--out", default=None, help="engine folder (default: engines/<model name>/<gpu>-<precision>)")
-    s.add_argument("--precision", default="fp32", choices=contract.PRECISIONS)
-    s.add_argument("--batch", default=":".join(map(str, DEFAULT_BATCH)), help="MIN:OPT:MAX batch range")
-    s.add_argument("--seq", default=None, help="MIN:OPT:MAX prefill seq range (default 1:512:16384, at most the "
-                                               "export's max_seq; longer prompts are split by the runtime)")
-    s.add_argument("--timing-cache", default=None, help="timing cache file, read and updated")
-    s.add_argument("--opt-level", type=int, default=None, choices=range(6), metavar="N",
+    s.add_argument("--precision", type=precision_list, default=(D.precision,), metavar="PRECISION",
+                   help=f"which of the export's precisions to build, one per engine folder: fp32, fp16 or bf16 "
+                        f"(default {D.precision})")
+    s.add_argument("--batch", default=":".join(map(str, D.batch)),
+                   help=f"MIN:OPT:MAX batch range (default {':'.join(map(str, D.batch))})")
+    s.add_argument("--seq", default=None, help=f"MIN:OPT:MAX prefill seq range (default {':'.join(map(str, DEFAULT_SEQ))}"
+                                               f", at most the export's max_seq; longer prompts are split by the "
+                                               f"runtime)")
+    s.add_argument("--timing-cache", default=D.timing_cache, help="timing cache file, read and updated")
+    s.add_argument("--opt-level", type=int, default=D.opt_level, metavar="N",
                    help="builder optimization level 0..5 (TensorRT's default 3)")
-    s.add_argument("--hardware-compat", default="none", choices=list(HW_COMPAT),
+    s.add_argument("--hardware-compat", default=D.hardware_compat, choices=list(HW_COMPAT),
                    help="run on other GPUs: ampere+ (compute capability >= 8.0) or same-cc")
     s.add_argument("--version-compatible", action="store_true", help="run with later TensorRT versions too")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--tf32", dest="tf32", action="store_true", help="allow TF32 matmuls (faster, ~1e-3 error)")
     g.add_argument("--no-tf32", dest="tf32", action="store_false", help="no TF32 (default; keeps fp32 parity)")
-    s.set_defaults(tf32=False)
-    s.add_argument("--workspace", type=float, default=None, metavar="GIB", help="builder workspace limit in GiB")
-    s.add_argument("--device", type=int, default=0, help="CUDA device index")
+    s.set_defaults(tf32=D.tf32)
+    s.add_argument("--workspace", type=float, default=D.workspace_gib, metavar="GIB",
+                   help="builder workspace limit in GiB")
+    s.add_argument("--device", type=int, default=D.device, help=f"CUDA device index (default {D.device})")
     s.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it holds files that `build` did not write")
     s.set_defaults(func=cmd_build)
 
 
 def cmd_build(args) -> int:
-    batch = parse_range(args.batch, "batch")
-    seq = parse_range(args.seq, "seq") if args.seq else None
-    out, m = build_engines(args.export_dir, args.out, args.precision, batch, seq, timing_cache=args.timing_cache,
-                           opt_level=args.opt_level, hardware_compat=args.hardware_compat,
-                           version_compatible=args.version_compatible, tf32=args.tf32,
-                           workspace_gib=args.workspace, device=args.device, overwrite=args.overwrite)
+    options = BuildOptions(precision=one_precision(args.precision, "build"), batch=parse_range(args.batch, "batch"),
+                           seq=parse_range(args.seq, "seq") if args.seq is not None else None,
+                           timing_cache=args.timing_cache, opt_level=args.opt_level,
+                           hardware_compat=args.hardware_compat, version_compatible=args.version_compatible,
+                           tf32=args.tf32, workspace_gib=args.workspace, device=args.device)
+    out, m = build_engines(args.export_dir, args.out, options, overwrite=args.overwrite)
     print(f"wrote {out}: prefill.plan, step.plan, {MANIFEST} ({m.gpu['name']}, compute capability "
           f"{m.gpu['compute_capability']}, TensorRT {m.tensorrt['version']}, {m.precision}, "
           f"tf32 {'on' if m.tf32 else 'off'})")

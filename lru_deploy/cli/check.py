@@ -1,7 +1,10 @@
 """`lru-deploy check`."""
 from __future__ import annotations
 
-from ..parity import DEFAULT_DRIFT_STEPS, DEFAULT_LONG_SEQ, QUICK_DRIFT_STEPS, check
+from ..parity import DEFAULT_DRIFT_STEPS, QUICK_DRIFT_STEPS, CheckOptions, check
+from .common import precision_list
+
+D = CheckOptions()  # the defaults are owned by CheckOptions
 
 
 def register(sub) -> None:
@@ -13,17 +16,20 @@ def register(sub) -> None:
                                    "exits 1.")
     s.add_argument("target", help="export folder or engine folder")
     s.add_argument("--model", help="model folder (default: the one the manifest records)")
-    s.add_argument("--precision", help="comma-separated precisions to check (default: all in the folder)")
+    s.add_argument("--precision", type=precision_list, default=D.precisions, metavar="LIST",
+                   help="comma-separated precisions to check (default: all in the folder)")
     s.add_argument("--report", help="report folder (default: TARGET/report)")
-    s.add_argument("--atol", type=float, help="override the table's absolute tolerance (announced loudly)")
-    s.add_argument("--rtol", type=float, help="override the table's relative tolerance (announced loudly)")
-    s.add_argument("--seed", type=int, default=0, help="inputs seed (default 0)")
-    s.add_argument("--long-seq", type=int, default=DEFAULT_LONG_SEQ,
-                   help=f"the long prefill case's length (default {DEFAULT_LONG_SEQ})")
-    s.add_argument("--drift-steps", type=int, default=None,
+    s.add_argument("--atol", type=float, default=D.atol,
+                   help="override the table's absolute tolerance (announced loudly)")
+    s.add_argument("--rtol", type=float, default=D.rtol,
+                   help="override the table's relative tolerance (announced loudly)")
+    s.add_argument("--seed", type=int, default=D.seed, help=f"inputs seed, 0 to 2^63-1 (default {D.seed})")
+    s.add_argument("--long-seq", type=int, default=D.long_seq,
+                   help=f"the long prefill case's length (default {D.long_seq})")
+    s.add_argument("--drift-steps", type=int, default=D.drift_steps,
                    help=f"consecutive steps of the drift run (default {DEFAULT_DRIFT_STEPS}, "
                         f"{QUICK_DRIFT_STEPS} with --quick)")
-    s.add_argument("--quick", action="store_true", help="no long case, a shorter drift run")
+    s.add_argument("--quick", action="store_true", default=D.quick, help="no long case, a shorter drift run")
     s.add_argument("--overwrite", action="store_true",
                    help="replace --report even if it holds files that `check` did not write")
     s.set_defaults(func=cmd_check)
@@ -31,8 +37,8 @@ def register(sub) -> None:
 
 def cmd_check(args) -> int:
     from ..parity.report import console
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None
-    report = check(args.target, args.model, precisions, args.report, args.atol, args.rtol, args.seed,
-                   args.long_seq, args.drift_steps, args.quick, overwrite=args.overwrite)
+    options = CheckOptions(precisions=args.precision, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                           long_seq=args.long_seq, drift_steps=args.drift_steps, quick=args.quick)
+    report = check(args.target, args.model, options, report_dir=args.report, overwrite=args.overwrite)
     print(console(report))
     return 0 if report["pass"] else 1

@@ -12,9 +12,14 @@ from ..errors import InputError
 
 
 def cmd_init(args) -> int:
+    from .. import memory
     from ..checkpoints import read_json, save_model
+    from ..errors import ConfigError
     from ..model import LRUConfig, LRUModel, init_parameters
-    cfg = LRUConfig.from_dict(read_json(args.config))
+    cfg = LRUConfig.from_dict(read_json(args.config, "config", ConfigError))
+    memory.require(memory.init_estimate(cfg), ConfigError,  # before the parameters are allocated
+                   f"make the model in {args.config} smaller (vocab_size, d_model, d_hidden, n_layers, d_output), "
+                   f"or run on a machine with more memory")
     model = init_parameters(LRUModel(cfg), args.seed)
     save_model(model, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}")

@@ -59,14 +59,14 @@ def run_demo(model_dir=None, out_dir=None, prompt: str = "def ", tokens: int = 1
 
     _say("\n== TensorRT")
     try:
-        from ..engines import build_engines
+        from ..engines import BuildOptions, build_engines
         from ..trt_env import preflight
         preflight()
     except EngineError as e:
         skipped.append("TensorRT build and check: " + "; ".join(e.problems or [e.message]))
         _say("skipped: " + "; ".join(e.problems or [e.message]))
     else:
-        eng, _ = build_engines(out_dir, precision="fp16")
+        eng, _ = build_engines(out_dir, options=BuildOptions(precision="fp16"))
         rep_trt = check(eng)
         _say(console(rep_trt))
         (verified if rep_trt["pass"] else failed).append(f"TensorRT fp16 engines {eng}: check "

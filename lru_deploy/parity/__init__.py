@@ -48,9 +48,6 @@ QUICK_DRIFT_STEPS = 1000
 N_WINDOWS = 64  # error-along-the-sequence curves: rel L2 per window of ceil(seq / N_WINDOWS) positions
 
 
-# ---------------------------------------------------------------- the shape matrix
-
-
 # ---------------------------------------------------------------- comparing
 
 def output_rows(case: Case, got: dict, gold: dict, match: Optional[dict], tol: dict, bound: float) -> list[dict]:
@@ -320,25 +317,77 @@ def short(v: float) -> str:
 
 # ---------------------------------------------------------------- the check
 
-def check(target_dir, model_dir=None, precisions=None, report_dir=None, atol: Optional[float] = None,
-          rtol: Optional[float] = None, seed: int = 0, long_seq: int = DEFAULT_LONG_SEQ,
-          drift_steps: Optional[int] = None, quick: bool = False, overwrite: bool = False) -> dict:
-    """Run every comparison, write the report folder (atomically) and return report.json's content."""
+@dataclass(frozen=True)
+class CheckOptions:
+    """What `check` compares. The defaults are owned here; the CLI's defaults read them."""
+
+    precisions: Optional[tuple[str, ...]] = None  # which of the folder's precisions; None: all it holds
+    atol: Optional[float] = None  # override the tolerance table's absolute tolerance (announced loudly)
+    rtol: Optional[float] = None  # override the tolerance table's relative tolerance (announced loudly)
+    seed: int = 0  # the inputs' seed, 0 .. 2^63-1
+    long_seq: int = DEFAULT_LONG_SEQ  # the long prefill case's length (clipped to the folder's max_seq)
+    drift_steps: Optional[int] = None  # the drift run's consecutive steps; None: DEFAULT_DRIFT_STEPS, or
+    #                                    QUICK_DRIFT_STEPS with quick
+    quick: bool = False  # no long case and a shorter drift run
+    localize: bool = False  # reserved: name the first layer and sub-step where the error jumps
+
+    def __post_init__(self):
+        if isinstance(self.precisions, str):  # "fp32,fp16" as the CLI spells it
+            object.__setattr__(self, "precisions", tuple(p.strip() for p in self.precisions.split(",")))
+        elif self.precisions is not None and not isinstance(self.precisions, tuple):
+            object.__setattr__(self, "precisions", tuple(self.precisions))
+
+    @property
+    def steps(self) -> int:
+        """The drift run's length once the default is applied."""
+        if self.drift_steps is not None:
+            return self.drift_steps
+        return QUICK_DRIFT_STEPS if self.quick else DEFAULT_DRIFT_STEPS
+
+    def problems(self) -> list[str]:
+        """Every problem with these options, named by their CLI flags; empty when they are valid. The
+        precisions are checked against the folder by `check`."""
+        from ..export import precision_problems
+        out = [] if self.precisions is None else precision_problems(self.precisions)
+        for name, v in (("--long-seq", self.long_seq), ("--drift-steps", self.steps)):
+            if not (_is_int(v) and v >= 1):
+                out.append(f"{name} must be a positive integer, got {v!r}")
+        for name, v in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v >= 0):
+                out.append(f"{name} must be a finite number >= 0, got {v!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2 ** 63):
+            out.append(f"--seed must be an integer from 0 to 2^63-1, got {self.seed!r}")
+        for name in ("quick", "localize"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check(target_dir, model_dir=None, options: Optional[CheckOptions] = None, *, report_dir=None,
+          overwrite: bool = False) -> dict:
+    """Run every comparison, write the report folder (atomically) and return report.json's content.
+
+    model_dir defaults to the model the manifest records; report_dir to TARGET/report; `overwrite` replaces a
+    report folder that holds files `check` did not write.
+    """
     from . import report as parity_report
+    o = options or CheckOptions()
+    if not isinstance(o, CheckOptions):
+        raise TypeError(f"options must be a CheckOptions, got {type(o).__name__}")
     t_start = time.perf_counter()
     target = open_target(target_dir)
-    drift_steps = drift_steps if drift_steps is not None else QUICK_DRIFT_STEPS if quick else DEFAULT_DRIFT_STEPS
-    precisions = list(dict.fromkeys(precisions or target.precisions))
+    atol, rtol, seed, long_seq, drift_steps, quick = o.atol, o.rtol, o.seed, o.long_seq, o.steps, o.quick
+    precisions = list(dict.fromkeys(o.precisions or target.precisions))
     problems = [f"precision {p} is not in this {target.kind} folder (it has {', '.join(target.precisions)})"
-                for p in precisions if p not in target.precisions]
-    for name, v in (("--long-seq", long_seq), ("--drift-steps", drift_steps)):
-        if not (isinstance(v, int) and v >= 1):
-            problems.append(f"{name} must be a positive integer, got {v!r}")
-    for name, v in (("--atol", atol), ("--rtol", rtol)):
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            problems.append(f"{name} must be a finite number >= 0, got {v!r}")
+                for p in precisions if p in contract.PRECISIONS and p not in target.precisions] + o.problems()
     if problems:
-        raise ParityError("cannot check:", "fix the options named above", problems)
+        raise ParityError("cannot check:", f"fix the options named above (--precision: some of "
+                                           f"{', '.join(target.precisions)})", problems)
     model_dir, model_sha = resolve_model(target, model_dir)
     out = Path(report_dir) if report_dir else target.folder / "report"
     check_destination(out, "check", reads=target.input_paths() + [model_dir], overwrite=overwrite, flag="--report")
@@ -391,8 +440,3 @@ def resolve_model(target: Target, model_dir) -> tuple[Path, str]:
                           "pass --model with the checkpoint this folder was exported from, or export again",
                           [f"manifest sha256 {entry['sha256']}", f"{model_dir} sha256 {sha}"])
     return model_dir, sha
-
-
-# ---------------------------------------------------------------- CLI
-
-
