@@ -388,10 +388,11 @@ def check(target_dir, model_dir=None, options: Optional[CheckOptions] = None, *,
     if problems:
         raise ParityError("cannot check:", f"fix the options named above (--precision: some of "
                                            f"{', '.join(target.precisions)})", problems)
-    model_dir, model_sha = resolve_model(target, model_dir)
+    module = module_reference(target)  # an export_module folder carries its reference (torch.export programs)
+    model_dir, model_sha = (module[1], module[2]) if module else resolve_model(target, model_dir)
     out = Path(report_dir) if report_dir else target.folder / "report"
     check_destination(out, "check", reads=target.input_paths() + [model_dir], overwrite=overwrite, flag="--report")
-    model64 = gold(load_model(model_dir))
+    model64 = module[0] if module else gold(load_model(model_dir))
     if model64.cfg.to_dict() != target.manifest.cfg.to_dict():
         raise ParityError(f"the model at {model_dir} has another config than the one {target.folder} was made from",
                           "pass --model with the checkpoint this folder was exported from")
@@ -420,6 +421,24 @@ def check(target_dir, model_dir=None, options: Optional[CheckOptions] = None, *,
                 "atol": atol, "rtol": rtol}
     return parity_report.write_report(out, target, {"path": str(Path(model_dir).resolve()), "sha256": model_sha},
                                       checks, settings, time.perf_counter() - t_start, overwrite=overwrite)
+
+
+def module_reference(target: Target):
+    """(reference, its program file, sha256) for an export_module folder or engines built from one, else None."""
+    m = target.manifest
+    if not m.is_module:
+        return None
+    export = m if target.kind == "export" else None
+    if export is None:
+        src = m.source_export()
+        if src is None:
+            raise ParityError(f"{target.folder} was built from an export_module folder that is gone "
+                              f"({m.source.get('export_dir')}): its reference programs live there",
+                              "check the engines with the export folder in place")
+        export = ExportManifest.read(src)
+    from ..export.module.reference import ModuleReference
+    ent = export.reference["prefill"]
+    return ModuleReference.load(export), export.folder / ent["path"], ent["sha256"]
 
 
 def resolve_model(target: Target, model_dir) -> tuple[Path, str]:

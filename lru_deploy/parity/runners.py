@@ -43,6 +43,8 @@ def _metadata(spec: contract.GraphSpec) -> TensorMetadata:
 def positions_reference(model64: LRUModel, feeds: dict) -> dict:
     """The reference prefill with `outputs` at every position [batch, seq, d_output], whatever the pooling:
     what step t returns (pooling last: the decoder at t; mean: the decoder of the running mean up to t)."""
+    if hasattr(model64, "positions_outputs"):  # an export_module reference
+        return model64.positions_outputs(feeds)
     cfg = model64.cfg
     seen = {}
     hook = model64.layers[-1].register_forward_hook(lambda mod, args, out: seen.__setitem__("u", out[0]))

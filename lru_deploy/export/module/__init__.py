@@ -37,7 +37,7 @@ from ...contract import ModuleConfig
 from ...errors import ExportError
 from ...files import file_sha256, staged_dir
 from ...manifest import ExportManifest, tool_versions
-from ...nn import LRU, Pool, _recognise, lru_layers, pool_layers
+from ...nn import LRU, _recognise, lru_layers, pool_layers
 from ..scan import LRUWeights
 from .mixing import find_mixing
 from .onnx_graphs import build, trace
