@@ -61,6 +61,9 @@ def open_session(target: str | Path, backend: Optional[str] = None, **kwargs) ->
     backend = backend or {v: k for k, v in BACKENDS.items()}[kind]
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}", f"one of {', '.join(BACKENDS)}")
+    if backend == "reference" and kind == "export" and ExportManifest.read(target).is_module:
+        from .reference import ModuleReferenceSession  # an export_module folder carries its own reference
+        return ModuleReferenceSession(target)
     folder = target
     order = ["engines", "export", "model"]
     while folder is not None and folder_kind(folder) != BACKENDS[backend]:

@@ -22,3 +22,19 @@ class ReferenceSession(Session):
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v.astype(np.float32) for k, v in reference_outputs(self.model, graph, feeds).items()}
+
+
+class ModuleReferenceSession(Session):
+    """The float64 reference of an export_module folder: its torch.export programs (reference/*.pt2)."""
+
+    backend = "reference"
+
+    def __init__(self, export_dir):
+        from ..export.module.reference import ModuleReference
+        from ..manifest import ExportManifest
+        m = ExportManifest.read(export_dir)
+        super().__init__(m.cfg, m.spec("prefill"), m.spec("step"))
+        self.reference = ModuleReference.load(m)
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v.astype(np.float32) for k, v in self.reference.reference_outputs(graph, feeds).items()}
