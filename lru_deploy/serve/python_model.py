@@ -13,8 +13,9 @@ START, END, READY, CORRID; the response is the prefill contract's `outputs` ([1,
 - START begins from the zero state, replacing whatever a stale sequence with the same id left; END drops the
   state after answering. A request without START for an id that has no state is refused with a message.
 - READY = 0 marks the direct batcher's null requests (empty slots): answered with zeros, nothing run or kept.
-- Triton releases a sequence that sent nothing for max_sequence_idle_microseconds without telling the model;
-  states idle that long are dropped here, so they do not pile up.
+- Triton releases a sequence that sent nothing for max_sequence_idle_microseconds without telling the model
+  (and refuses its next request without START itself); states idle twice that long are dropped here, so they
+  do not pile up, and never before Triton has let the sequence go.
 
 Triton's Python backend accepts `sequence_batching { state [...] }` but never carries it, hence the state here.
 """
@@ -159,12 +160,12 @@ class TritonPythonModel:
             self.states[corrid] = (state, now)
 
     def _drop_idle(self, now: float) -> None:
-        stale = [c for c, (_, used) in self.states.items() if now - used > self.idle_s]
+        stale = [c for c, (_, used) in self.states.items() if now - used > 2 * self.idle_s]
         for c in stale:
             del self.states[c]
         if stale:
             log.info("%s: dropped the state of %d sequence(s) idle for more than %g s (Triton released them)",
-                     self.name, len(stale), self.idle_s)
+                     self.name, len(stale), 2 * self.idle_s)
 
     def _respond(self, out: np.ndarray):
         return self.pb.InferenceResponse(output_tensors=[

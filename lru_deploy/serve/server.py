@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 SERVER_FLAGS = ("--allow-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
                 "--model-control-mode=explicit", "--strict-readiness=true")
+# Lines every CPU-only start prints, about what was turned off on purpose (no GPU, no pinned memory pool); shown
+# with --verbose only.
+EXPECTED_NOISE = ("CudaDriverHelper has not been initialized", "failed to allocate pinned system memory")
 ENV_HINT = ("use an environment with nvidia-pytriton, numpy<2 and lru-deploy: `make triton-env` makes "
             ".venv/triton (then .venv/triton/bin/lru-deploy serve ...), or pip install nvidia-pytriton 'numpy<2'")
 
@@ -228,7 +231,8 @@ class TritonServer:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self._tail.append(line)
-            sys.stderr.write(line + "\n")
+            if self.verbose or not any(n in line for n in EXPECTED_NOISE):
+                sys.stderr.write(line + "\n")
         self.proc.stdout.close()
 
     def _wait_ready(self, stop: Optional[threading.Event]) -> None:
