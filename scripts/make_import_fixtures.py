@@ -14,6 +14,25 @@ The lru-reduction fixture needs only torch (the project venv has it):
 
     .venv/bin/python scripts/make_import_fixtures.py lru-reduction
 
+The PyTorch layouts of issue 12 come from each upstream's REAL code, run in a throwaway venv (none of that code
+is copied into this repository). Offline, as this project's machines are, the pieces are local files:
+
+    python3 -m venv /tmp/lruenv
+    /tmp/lruenv/bin/pip install torch==2.13.0 numpy einops opt_einsum triton LRU-pytorch==0.1.3
+    /tmp/lruenv/bin/pip download --no-deps -d /tmp/pkgs lrnnx==1.0.0.post1      # an sdist that builds CUDA
+    CUDA_HOME= /tmp/lruenv/bin/pip install --no-build-isolation --no-deps /tmp/pkgs/lrnnx-1.0.0.post1.tar.gz
+    git clone https://github.com/yueqirex/LRURec /tmp/upstream/LRURec                   # at e02a559
+    git clone https://github.com/forgi86/sysid-pytorch-lru /tmp/upstream/sysid-pytorch-lru  # at 81e6af8
+    /tmp/lruenv/bin/python scripts/make_import_fixtures.py torch-layouts \
+        --lrurec /tmp/upstream/LRURec --sysid /tmp/upstream/sysid-pytorch-lru
+
+(a git clone of a local mirror or `git archive` of a copy works as well as the GitHub URL). lrnnx imports its
+CUDA extensions `selective_scan_cuda` and `simplified_scan_cuda` at import time even on a CPU; the script puts
+empty modules of those names in sys.modules first (the LRU path never calls it; its Triton kernels are only used when CUDA is available, and
+`triton` only has to import). Each of those fixture folders holds the checkpoint as the upstream's code saves
+it, `io.npz` (`inputs`, and `expected`: the upstream model's own outputs on them) and meta.json (the upstream,
+its version or commit, the sizes, the import flags).
+
 The models below restate the formulations of NicolasZucchet/minimal-LRU (lru/model.py: LRU, SequenceLayer,
 StackedEncoderModel, ClassificationModel vmapped over the batch) and of forgi86/lru-reduction
 (lru/architectures.py DLRU with DWNBlock, lru/linear.py LRU) with the same parameter and module names, so the
@@ -296,15 +315,191 @@ def make_lru_reduction(out: Path) -> None:
     print(f"wrote {folder}: outputs {list(y.shape)}")
 
 
+# ------------------------------------------------------------------------- issue 12: upstream code, run as is
+
+def _perturb(model, names, scale: float = 0.2, seed: int = 0) -> None:
+    """Move parameters off their initial values (norm scales of 1, biases of 0 would hide mapping mistakes)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(n in name for n in names):
+                noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+                if p.is_complex():
+                    noise = torch.complex(noise, torch.randn(p.shape, generator=g, dtype=torch.float32))
+                p.add_(scale * noise.to(p.dtype))
+
+
+def _write(out: Path, name: str, files: dict, inputs, expected, meta: dict) -> None:
+    import torch
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname, obj in files.items():
+        torch.save(obj, folder / fname)
+    np.savez(folder / "io.npz", inputs=np.asarray(inputs), expected=np.asarray(expected, dtype=np.float32))
+    meta = {**meta, "versions": {**meta.get("versions", {}), "torch": torch.__version__, "numpy": np.__version__}}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {folder}: outputs {list(np.shape(expected))}")
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+    return version(dist)
+
+
+def _git_head(src: Path) -> str:
+    import subprocess
+    return subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def make_gothos(out: Path) -> None:
+    """Gothos/LRU-pytorch: a bare layer, in_features 3 != out_features 4, complex B and C, full D."""
+    import torch
+    from LRU_pytorch import LRU
+
+    torch.manual_seed(10)
+    layer = LRU(in_features=3, out_features=4, state_features=12, rmin=0.5, rmax=0.99)
+    x = torch.randn(BATCH, SEQ, 3)
+    with torch.no_grad():
+        y = layer(x)  # its README's use: a [batch, seq, in] tensor, the state reset per sequence
+    _write(out, "gothos_lru_pytorch", {"state.pt": layer.state_dict()}, x.numpy(), y.numpy(),
+           {"source": "Gothos/LRU-pytorch (PyPI LRU-pytorch), LRU_pytorch.LRU", "format": "gothos",
+            "flags": [], "d_input": 3, "d_output": 4, "d_hidden": 12,
+            "versions": {"LRU-pytorch": _version("LRU-pytorch")}})
+
+
+def _import_lrnnx():
+    import sys
+    import types
+    for ext in ("selective_scan_cuda", "simplified_scan_cuda"):
+        sys.modules.setdefault(ext, types.ModuleType(ext))
+    from lrnnx.architectures.classifier import Classifier
+    from lrnnx.architectures.language_model import LRNNLMHeadModel
+    return Classifier, LRNNLMHeadModel
+
+
+def make_lrnnx(out: Path) -> None:
+    """SforAiDl/lrnnx: the LRU Classifier (post-norm blocks, final_block, last pooling) and the language model
+    (RMSNorm pre-norm, norm_f, tied lm_head, vocabulary 50 padded to 56)."""
+    import torch
+    Classifier, LRNNLMHeadModel = _import_lrnnx()
+
+    from functools import partial
+
+    from lrnnx.models.lti.lru import LRU
+    torch.manual_seed(11)
+    # ClassifierBlock passes its own d_model/d_state and then **lrnn_params, so lrnn_params={"d_model": ...}
+    # (what its docstring suggests) raises "multiple values"; a partial of the class is the way that works
+    lru = partial(LRU, d_model=8, d_state=12, r_min=0.5, r_max=0.99)
+    clf = Classifier(input_dim=3, num_classes=5, d_model=8, d_state=12, n_layers=3, lrnn_cls=lru, pooling="last",
+                     dropout=0.0).eval()
+    _perturb(clf, ["norm", "bias"], seed=1)
+    x = torch.randn(BATCH, SEQ, 3)
+    with torch.no_grad():
+        y = clf(x)
+    _write(out, "lrnnx_classifier", {"model.pt": clf.state_dict()}, x.numpy(), y.numpy(),
+           {"source": "SforAiDl/lrnnx (PyPI lrnnx) lrnnx.architectures.classifier.Classifier, lrnn_cls LRU",
+            "format": "lrnnx-classifier", "flags": [], "pooling": "last", "d_input": 3, "d_output": 5,
+            "versions": {"lrnnx": _version("lrnnx")}})
+
+    torch.manual_seed(12)
+    lm = LRNNLMHeadModel(d_model=8, d_state=12, n_layer=2, vocab_size=50, mixer_types=["LRU", "LRU"],
+                         mixer_kwargs={"LRU": {"r_min": 0.5, "r_max": 0.99}}, rms_norm=True,
+                         fused_add_norm=False).eval()  # fused_add_norm needs Triton kernels on a GPU
+    _perturb(lm, ["norm"], seed=2)
+    with torch.no_grad():
+        lm.backbone.embedding.weight.mul_(20.0)  # std 0.02 at init: scale it so the LRU sees O(1) inputs
+    ids = torch.randint(0, 50, (BATCH, SEQ))
+    with torch.no_grad():
+        logits = lm(ids).logits
+    folder = out / "lrnnx_lm"
+    folder.mkdir(parents=True, exist_ok=True)
+    lm.save_pretrained(str(folder))  # its own writer: pytorch_model.bin (state dict) and config.json
+    np.savez(folder / "io.npz", inputs=ids.numpy(), expected=logits.numpy().astype(np.float32))
+    meta = {"source": "SforAiDl/lrnnx (PyPI lrnnx) LRNNLMHeadModel, mixer LRU, save_pretrained",
+            "format": "lrnnx-lm", "flags": [], "vocab_size": 50, "padded_vocab_size": 56,
+            "versions": {"lrnnx": _version("lrnnx"), "torch": torch.__version__, "numpy": np.__version__}}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {folder}: outputs {list(logits.shape)}")
+
+
+def make_lrurec(out: Path, src: Path) -> None:
+    """yueqirex/LRURec: model.lru.LRU with its trainer's checkpoint layout {'model_state_dict', ...}."""
+    import sys
+    from argparse import Namespace
+
+    import torch
+    sys.path.insert(0, str(src))
+    from model.lru import LRU
+
+    torch.manual_seed(13)
+    args = Namespace(num_items=30, bert_hidden_units=8, bert_num_blocks=2, bert_dropout=0.0,
+                     bert_attn_dropout=0.0, dataset_code="ml-1m")
+    model = LRU(args)
+    _perturb(model, ["layer_norm", "bias", "proj", "w_1", "w_2", "token"], scale=0.3, seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # one step, so the optimizer state is not empty
+    ids = torch.randint(1, args.num_items + 1, (BATCH, SEQ))  # items 1..num_items; 0 is LRURec's padding
+    scores, _ = model(ids)
+    scores.logsumexp(-1).mean().backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        scores, _ = model(ids)
+    _write(out, "lrurec", {"best_acc_model.pth": {"model_state_dict": model.state_dict(),
+                                                  "optimizer_state_dict": opt.state_dict(), "epoch": 1}},
+           ids.numpy(), scores.numpy(),
+           {"source": "yueqirex/LRURec model/lru.py LRU (trainer checkpoint layout)", "format": "lrurec",
+            "flags": [], "num_items": args.num_items, "d_model": 8, "d_hidden": 16,
+            "versions": {"LRURec": _git_head(src)}})
+
+
+def make_sysid_mlp(out: Path, src: Path) -> None:
+    """forgi86/sysid-pytorch-lru: DWN with ff='MLP' (Linear(H, 4H), GELU, Linear(4H, H))."""
+    import dataclasses
+    import sys
+
+    import torch
+    sys.path.insert(0, str(src))
+    from lru.architectures import DWN, DWNConfig
+
+    torch.manual_seed(14)
+    config = DWNConfig(d_model=8, d_state=12, n_layers=2, ff="MLP", rmin=0.5, rmax=0.99, max_phase=math.pi)
+    model = DWN(3, 2, config).eval()
+    _perturb(model, ["ln", "bias"], seed=4)
+    x = torch.randn(BATCH, SEQ, 3)
+    with torch.no_grad():
+        y = model(x)  # mode 'scan': its parallel associative scan
+    # train.py saves scalers and an argparse Namespace beside the weights, which weights-only loading refuses;
+    # this is the checkpoint with those left out and the config as a dict
+    _write(out, "sysid_dwn_mlp", {"ckpt.pt": {"model": model.state_dict(), "cfg": dataclasses.asdict(config)}},
+           x.numpy(), y.numpy(),
+           {"source": "forgi86/sysid-pytorch-lru lru/architectures.py DWN, ff='MLP'", "format": "lru-reduction",
+            "flags": [], "d_input": 3, "d_output": 2, "versions": {"sysid-pytorch-lru": _git_head(src)}})
+
+
+def make_torch_layouts(out: Path, lrurec: Path, sysid: Path) -> None:
+    make_gothos(out)
+    make_lrnnx(out)
+    make_lrurec(out, lrurec)
+    make_sysid_mlp(out, sysid)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", choices=["minimal-lru", "lru-reduction"])
+    p.add_argument("which", choices=["minimal-lru", "lru-reduction", "torch-layouts"])
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--lrurec", type=Path, help="a checkout of yueqirex/LRURec (torch-layouts)")
+    p.add_argument("--sysid", type=Path, help="a checkout of forgi86/sysid-pytorch-lru (torch-layouts)")
     args = p.parse_args()
     if args.which == "minimal-lru":
         make_minimal_lru(args.out)
-    else:
+    elif args.which == "lru-reduction":
         make_lru_reduction(args.out)
+    else:
+        if not (args.lrurec and args.sysid):
+            p.error("torch-layouts needs --lrurec and --sysid (checkouts of those repositories)")
+        make_torch_layouts(args.out, args.lrurec, args.sysid)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import logging
 from pathlib import Path
 
 from ..checkpoints import save_model
-from ..importers import default_out_dir, import_lru_reduction, import_minimal_lru
+from ..importers import default_out_dir, import_minimal_lru
+from ..importers.torch_layouts import FORMATS, import_torch
 from ..model import POOLINGS, LRUModel
 
 log = logging.getLogger("lru_deploy")
@@ -37,22 +38,38 @@ def register(subparsers) -> None:
     m.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     m.set_defaults(func=cmd_import_minimal_lru)
     t = sub.add_parser("torch", help="a PyTorch port's state dict",
-                       description="Import a PyTorch state dict ({'model': state_dict, 'cfg': ...} or a bare state "
-                                   "dict), loaded with weights_only=True.")
+                       description="Import a PyTorch state dict (bare, or under 'model', 'state_dict' or "
+                                   "'model_state_dict'), loaded with weights_only=True. The layout is detected "
+                                   "from the keys: lru-reduction (forgi86/lru-reduction, forgi86/sysid-pytorch-lru), "
+                                   "gothos (Gothos/LRU-pytorch), lrnnx-classifier and lrnnx-lm (SforAiDl/lrnnx), "
+                                   "lrurec (yueqirex/LRURec).")
     t.add_argument("state", help="the .pt file")
-    t.add_argument("--format", required=True, choices=("lru-reduction",), help="which port trained it")
+    t.add_argument("--format", choices=FORMATS, default=None,
+                   help="read the file as this layout (default: detected from the keys)")
+    t.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="pooling over time, which the file does not record (default: the upstream's: last for "
+                        "lrnnx-classifier, none for the others)")
+    t.add_argument("--norm-eps", type=float, default=None,
+                   help="the norms' epsilon, which the file does not record (default: 1e-5, the upstreams' "
+                        "torch LayerNorm/RMSNorm default)")
     t.add_argument("--out", help="model folder to write (default: <input dir>/<stem>-lru-deploy)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     t.set_defaults(func=cmd_import_torch)
 
 
-def _report(model: LRUModel, src: str, out: Path) -> None:
+def _report(model: LRUModel, src: str, out: Path, layout: str = "") -> None:
     c = model.cfg
     inputs = f"vocab_size {c.vocab_size}" if c.tokens else f"d_input {c.d_input}"
-    print(f"imported {src} -> {out}")
+    print(f"imported {src}{f' ({layout} layout)' if layout else ''} -> {out}")
     print(f"  {inputs}, d_model {c.d_model}, d_hidden {c.d_hidden}, n_layers {c.n_layers}, d_output {c.d_output}, "
           f"norm {c.norm} ({'pre' if c.prenorm else 'post'}, eps {c.norm_eps:g}), gelu {c.gelu}, skip {c.skip}, "
           f"pooling {c.pooling}, log_softmax {str(c.log_softmax).lower()}")
+    block = [f"ff {c.ff}" + (f" (d_ff {c.d_ff}, {c.activation})" if c.ff == "mlp" else ""),
+             *(["ff_sublayer"] if c.ff_sublayer else []), *([] if c.residual else ["no residual"]),
+             *(["lru_bias"] if c.lru_bias else []), *(["embedding_norm"] if c.embedding_norm else []),
+             *(["final_norm"] if c.final_norm else []), *(["encoder none"] if c.encoder == "none" else []),
+             f"decoder {c.decoder}" + ("" if c.decoder == "none" else f" ({'with' if c.decoder_bias else 'no'} bias)")]
+    print(f"  {', '.join(block)}")
 
 
 def cmd_import_minimal_lru(args) -> int:
@@ -65,8 +82,8 @@ def cmd_import_minimal_lru(args) -> int:
 
 
 def cmd_import_torch(args) -> int:
-    model = import_lru_reduction(args.state)
+    model, layout = import_torch(args.state, args.format, pooling=args.pooling, norm_eps=args.norm_eps)
     out = Path(args.out) if args.out else default_out_dir(args.state)
     save_model(model, out, overwrite=args.overwrite)
-    _report(model, args.state, out)
+    _report(model, args.state, out, layout)
     return 0

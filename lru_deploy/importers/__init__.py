@@ -9,12 +9,14 @@ the file and come from the caller (defaults: minimal-LRU's run_train.py defaults
 Not representable, and not detectable from the file: models trained with `multidim > 1` (the copy task's dense
 targets, whose log_softmax runs over pairs of decoder outputs).
 
-lru-reduction (PyTorch, forgi86/lru-reduction DLRU): encoder, blocks of pre-LayerNorm (eps 1e-5) / LRU with
-complex B (N, H) and C (H, N) and a full D (H, H) / exact GELU / Linear(H, 2H) + GLU / residual, decoder, no
-pooling, no log_softmax. Its LRU reads the output from the state that includes the current input (no delay) and
-applies exp(gamma_log) to B, as ours does. Variants whose meaning differs are refused where the keys show it:
-the MLP feed-forward (ff='MLP'), a `gamma` stored and applied without exp, split real/imaginary names of other
-ports. A one-step output delay leaves no trace in the keys; such ports need their own importer.
+lru-reduction (PyTorch, forgi86/lru-reduction DLRU, and forgi86/sysid-pytorch-lru DWN with the same keys):
+encoder, blocks of pre-LayerNorm (eps 1e-5) / LRU with complex B (N, H) and C (H, N) and a full D (H, H) /
+exact GELU / Linear(H, 2H) + GLU (ff='GLU'), or Linear(H, 4H) / GELU / Linear(4H, H) (ff='MLP', no GELU before
+it) / residual, decoder, no pooling, no log_softmax. Its LRU reads the output from the state that includes the
+current input (no delay) and applies exp(gamma_log) to B, as ours does. Variants whose meaning differs are refused where the keys show it:
+a `gamma` stored and applied without exp, split real/imaginary names of other ports. A one-step output delay
+leaves no trace in the keys; such ports need their own importer. The other PyTorch layouts, and the detection
+of the layout from the keys, are in torch_layouts.py.
 
 Every problem in a file is collected and raised at once as one CheckpointError.
 """
@@ -238,13 +240,14 @@ def import_minimal_lru(path: str | os.PathLike, prenorm: bool = True, pooling: s
 
 # Keys that show a formulation we cannot represent, with the reason.
 _REFUSED = [
-    (r"blocks\.\d+\.ff\.(c_fc|c_proj)\.", "feed-forward 'MLP' (ff='MLP': Linear(H, 4H), GELU, Linear(4H, H)); "
-     "only the GLU feed-forward (ff='GLU') maps onto the LRU block"),
     (r"blocks\.\d+\.lru\.gamma$", "`gamma` is stored and applied without exp; our LRU normalises B by "
      "exp(gamma_log)"),
     (r"blocks\.\d+\.lru\.(B_re|B_im|C_re|C_im)$", "split real/imaginary names belong to another PyTorch port, "
      "not lru-reduction (which stores complex B and C)"),
 ]
+
+
+WRAPPERS = ("model", "state_dict", "model_state_dict")  # checkpoint keys that hold the state dict
 
 
 def _load_torch_state(path: Path) -> tuple[dict, Optional[dict]]:
@@ -254,20 +257,23 @@ def _load_torch_state(path: Path) -> tuple[dict, Optional[dict]]:
         obj = load_weights_file(path)
     except CheckpointError as e:
         message = re.sub(r"\x1b\[[0-9;]*m", "", e.message)  # torch's message carries terminal bold codes
-        raise CheckpointError(message, "lru-reduction's training scripts also pickle sklearn scalers and a Hydra "
-                              "config, which weights-only loading refuses: in the training environment run "
-                              "`ck = torch.load(p, weights_only=False); torch.save({'model': ck['model']}, "
-                              "'state.pt')` and import state.pt (apply the input/output scalers yourself)") from None
+        raise CheckpointError(message, "training scripts often pickle other objects beside the weights (lru-"
+                              "reduction and sysid-pytorch-lru: sklearn scalers and their config), which "
+                              "weights-only loading refuses: in the training environment run `ck = torch.load(p, "
+                              "weights_only=False); torch.save({'model': ck['model']}, 'state.pt')` (the key that "
+                              "holds the state dict) and import state.pt (apply any input/output scalers "
+                              "yourself)") from None
     cfg = None
-    if isinstance(obj.get("model"), dict):
+    wrapper = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
+    if wrapper:  # {'model': sd, 'cfg': ...}, {'state_dict': sd, ...}, {'model_state_dict': sd, 'optimizer_...'}
         cfg = obj.get("cfg") if isinstance(obj.get("cfg"), dict) else None
-        ignored = sorted(set(obj) - {"model", "cfg"})
+        ignored = sorted(set(obj) - {wrapper, "cfg"})
         if ignored:
             log.info("ignoring %s in %s", ", ".join(map(str, ignored)), path)
-        obj = obj["model"]
+        obj = obj[wrapper]
     if not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{path} is not a state dict (a map of parameter names to tensors), nor a "
-                              f"{{'model': state_dict}} checkpoint", TORCH_HINT)
+                              f"checkpoint holding one under {', '.join(map(repr, WRAPPERS))}", TORCH_HINT)
     for prefix in ("_orig_mod.", "module."):  # torch.compile and DataParallel wrappers
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
@@ -285,9 +291,12 @@ def import_lru_reduction(path: str | os.PathLike) -> LRUModel:
         if hits:
             problems.append(f"not representable: {reason} ({', '.join(hits[:4])}{', ...' if len(hits) > 4 else ''})")
             explained |= set(hits)
-    if cfg_in and cfg_in.get("ff", "GLU") != "GLU":
-        problems.append(f"not representable: cfg ff={cfg_in.get('ff')!r}; only the GLU feed-forward maps onto "
-                        f"the LRU block")
+    mlp = any(re.match(r"blocks\.\d+\.ff\.(c_fc|c_proj)\.", k) for k in sd_in)
+    if cfg_in and cfg_in.get("ff", "GLU") not in ("GLU", "MLP"):
+        problems.append(f"not representable: cfg ff={cfg_in.get('ff')!r}; the feed-forwards are GLU and MLP")
+    elif cfg_in and cfg_in.get("ff", "GLU") != ("MLP" if mlp else "GLU"):
+        problems.append(f"cfg says ff={cfg_in.get('ff')!r} but the weights hold the {'MLP' if mlp else 'GLU'} "
+                        f"feed-forward's keys")
     enc, nu = _shape(sd_in, "encoder.weight", 2), None
     idx = _layer_indices(sd_in, r"blocks\.(\d+)\.", "blocks.{i}", problems)
     if idx:
@@ -306,6 +315,9 @@ def import_lru_reduction(path: str | os.PathLike) -> LRUModel:
     spec.add("encoder.weight", "encoder.weight", (H, n_u))
     spec.add("encoder.bias", "encoder.bias", (H,))
     ln_bias = any(re.fullmatch(r"blocks\.\d+\.ln\.bias", k) for k in sd_in)
+    fc = _shape(sd_in, f"blocks.{idx[0]}.ff.c_fc.weight", 2) if mlp else None
+    d_ff = fc[0] if fc else 4 * H
+    mlp_bias = any(re.fullmatch(r"blocks\.\d+\.ff\.c_(fc|proj)\.bias", k) for k in sd_in)
     for i in idx:  # a missing block is reported once, as a gap
         p, n = f"blocks.{i}.", f"layers.{i}."
         spec.add(p + "ln.weight", n + "norm.weight", (H,))
@@ -316,17 +328,28 @@ def import_lru_reduction(path: str | os.PathLike) -> LRUModel:
         spec.add(p + "lru.B", (n + "lru.B_re", n + "lru.B_im"), (N, H), "complex")
         spec.add(p + "lru.C", (n + "lru.C_re", n + "lru.C_im"), (H, N), "complex")
         spec.add(p + "lru.D", n + "lru.D", (H,) if skip == "diagonal" else (H, H))
-        spec.add(p + "ff.output_linear.0.weight", (n + "out1.weight", n + "out2.weight"), (H, H), "glu")
-        spec.add(p + "ff.output_linear.0.bias", (n + "out1.bias", n + "out2.bias"), (H,), "glu")
+        if mlp:  # MLP: Linear(H, 4H, bias=cfg.bias), GELU, Linear(4H, H)
+            spec.add(p + "ff.c_fc.weight", n + "fc1.weight", (d_ff, H))
+            spec.add(p + "ff.c_proj.weight", n + "fc2.weight", (H, d_ff))
+            if mlp_bias:
+                spec.add(p + "ff.c_fc.bias", n + "fc1.bias", (d_ff,))
+                spec.add(p + "ff.c_proj.bias", n + "fc2.bias", (H,))
+        else:
+            spec.add(p + "ff.output_linear.0.weight", (n + "out1.weight", n + "out2.weight"), (H, H), "glu")
+            spec.add(p + "ff.output_linear.0.bias", (n + "out1.bias", n + "out2.bias"), (H,), "glu")
     spec.add("decoder.weight", "decoder.weight", (n_y, H))
     spec.add("decoder.bias", "decoder.bias", (n_y,))
     sd = spec.build()
     problems += spec.problems
     if not ln_bias:  # nn.LayerNorm(bias=False) everywhere: a zero bias
         sd.update({f"layers.{i}.norm.bias": torch.zeros(H) for i in idx})
+    if mlp and not mlp_bias:  # DWNConfig(bias=False): Linear layers without bias, a zero bias
+        sd.update({f"layers.{i}.{lin}.bias": torch.zeros(d) for i in idx for lin, d in (("fc1", d_ff), ("fc2", H))})
     cfg = dict(vocab_size=None, d_input=n_u, d_model=H, d_hidden=N, n_layers=idx[-1] + 1, d_output=n_y,
                norm="layer", prenorm=True, norm_eps=1e-5, gelu="exact", skip=skip, pooling="none",
                log_softmax=False)
+    if mlp:
+        cfg.update(ff="mlp", d_ff=d_ff)
     if cfg_in:
         for ours, theirs, inferred in (("d_model", "d_model", H), ("d_hidden", "d_state", N),
                                        ("n_layers", "n_layers", idx[-1] + 1)):
