@@ -30,6 +30,9 @@ def register(sub) -> None:
                    help=f"consecutive steps of the drift run (default {DEFAULT_DRIFT_STEPS}, "
                         f"{QUICK_DRIFT_STEPS} with --quick)")
     s.add_argument("--quick", action="store_true", default=D.quick, help="no long case, a shorter drift run")
+    s.add_argument("--localize", action="store_true", default=D.localize,
+                   help="compare every block's values with the reference's and name where the error first "
+                        "exceeds the bound (always done when a case misses)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace --report even if it holds files that `check` did not write")
     s.set_defaults(func=cmd_check)
@@ -38,7 +41,8 @@ def register(sub) -> None:
 def cmd_check(args) -> int:
     from ..parity.report import console
     options = CheckOptions(precisions=args.precision, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                           long_seq=args.long_seq, drift_steps=args.drift_steps, quick=args.quick)
+                           long_seq=args.long_seq, drift_steps=args.drift_steps, quick=args.quick,
+                           localize=args.localize)
     report = check(args.target, args.model, options, report_dir=args.report, overwrite=args.overwrite)
     print(console(report))
     return 0 if report["pass"] else 1

@@ -121,7 +121,8 @@ class PrefillLayout:
         """Graph input [B, S(, F)] -> padded and reordered [T, B, C(, F)]."""
         g, feat = self.g, [] if self.features is None else [self.features]
         with g.scope("layout/to_chunks"):
-            pads = g.op("Concat", g.i64([0, 0, 0] + [0] * len(feat)), self.pad, *[g.i64([0])] * len(feat), axis=0)
+            tail = [g.i64([0])] if feat else []
+            pads = g.op("Concat", g.i64([0, 0, 0] + [0] * len(feat)), self.pad, *tail, axis=0)
             x = g.op("Pad", x, pads, mode="constant")
             x = g.op("Reshape", x, g.op("Concat", self.B1, g.i64([-1, self.T] + feat), axis=0))
             return g.op("Transpose", x, perm=[2, 0, 1] + ([3] if feat else []))

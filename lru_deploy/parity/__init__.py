@@ -101,6 +101,8 @@ class PrecisionCheck:
         self.rows: list[dict] = []
         self.curves: dict = {}
         self.repro: dict = {}  # graph -> {"cases", "feeds", "gold"}: the Polygraphy reproduction files
+        self.misses: dict = {}  # graph -> (case, feeds) of its first single call that missed
+        self.localization: list = []  # parity/localize.py's results, when localized
 
     @property
     def per_position(self) -> bool:
@@ -149,6 +151,8 @@ class PrecisionCheck:
                 rows = output_rows(case, g, gref, m, self.tol, self.tol["rel_l2"])
                 self.rows += rows
                 self._log(case, rows, sec)
+                if any(r["pass"] is False for r in rows):
+                    self.misses.setdefault(graph, (case, feeds))
                 if case.kind == "long" and self.per_position and "outputs" in g \
                         and g["outputs"].shape == gref["outputs"].shape:
                     self.curves["long"] = {"case": case.label, **window_curve(g["outputs"], gref["outputs"])}
@@ -329,7 +333,9 @@ class CheckOptions:
     drift_steps: Optional[int] = None  # the drift run's consecutive steps; None: DEFAULT_DRIFT_STEPS, or
     #                                    QUICK_DRIFT_STEPS with quick
     quick: bool = False  # no long case and a shorter drift run
-    localize: bool = False  # reserved: name the first layer and sub-step where the error jumps
+    localize: bool = False  # also localize a passing check (a check with a miss is always localized): each
+    #                         block's values against the reference's, naming where the error first exceeds
+    #                         the bound
 
     def __post_init__(self):
         if isinstance(self.precisions, str):  # "fp32,fp16" as the CLI spells it
@@ -416,9 +422,13 @@ def check(target_dir, model_dir=None, options: Optional[CheckOptions] = None, *,
         pc.single_calls(None if quick else long_seq, parity_report.REPRO_MAX_BYTES)
         pc.continuity()
         pc.drift(drift_steps)
+        if o.localize or any(r["pass"] is False for r in pc.rows):
+            from .localize import localize_precision
+            log.info("[%s] localizing: every block's values against the reference's", prec)
+            pc.localization = localize_precision(pc, model64, pc.misses)
         checks[prec] = pc
     settings = {"seed": seed, "long_seq": None if quick else long_seq, "drift_steps": drift_steps, "quick": quick,
-                "atol": atol, "rtol": rtol}
+                "atol": atol, "rtol": rtol, "localize": o.localize}
     return parity_report.write_report(out, target, {"path": str(Path(model_dir).resolve()), "sha256": model_sha},
                                       checks, settings, time.perf_counter() - t_start, overwrite=overwrite)
 
