@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lru_deploy.checkpoints import save_model
+from lru_deploy.export import ExportOptions, export_model
 from lru_deploy.model import LRUConfig, LRUModel
 
 
@@ -73,11 +74,16 @@ def random_state(cfg: LRUConfig, batch: int, seed: int = 0) -> dict[str, np.ndar
     return st
 
 
+def tokens(session, prompt, n=12, seed=3, temperature=0.9, top_k=5) -> np.ndarray:
+    """`n` sampled tokens per prompt row from any session's generate, [batch, n]."""
+    return np.stack(list(session.generate(prompt, n, temperature, top_k, seed)), axis=1)
+
+
 @pytest.fixture(scope="session")
 def lru():
     """The helpers above, for tests: lru.small_config(...), lru.make_model(cfg, seed), lru.random_inputs(...)."""
     return SimpleNamespace(small_config=small_config, randomize=randomize, make_model=make_model,
-                           random_inputs=random_inputs, random_state=random_state)
+                           random_inputs=random_inputs, random_state=random_state, tokens=tokens)
 
 
 @pytest.fixture
@@ -94,3 +100,25 @@ def continuous_model() -> LRUModel:
 def model_dir(tmp_path, token_model):
     """A saved native model folder of `token_model`."""
     return save_model(token_model, tmp_path / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, lru):
+    """A token model, its folder, and an export (fp32 + fp16) with max_seq 16 so that prompts get split."""
+    root = tmp_path_factory.mktemp("rb")
+    model = lru.make_model(lru.small_config(), seed=5)
+    model_dir = save_model(model, root / "tiny")
+    export = export_model(model_dir, root / "export", ExportOptions(precisions=("fp32", "fp16"), chunk=4,
+                          max_seq=16, validate=False, lint=False))
+    return model, model_dir, export
+
+
+@pytest.fixture(scope="session")
+def pooled(tmp_path_factory, lru):
+    """A continuous-input model with mean pooling (its state carries a running sum and count)."""
+    root = tmp_path_factory.mktemp("rbp")
+    model = lru.make_model(lru.small_config(d_input=3, pooling="mean", d_output=4), seed=6)
+    model_dir = save_model(model, root / "pooled")
+    export = export_model(model_dir, root / "export", ExportOptions(precisions=("fp32",), chunk=4, max_seq=16,
+                          validate=False, lint=False))
+    return model, model_dir, export

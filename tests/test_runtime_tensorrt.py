@@ -1,11 +1,8 @@
-"""Sessions on the reference, ONNX Runtime and TensorRT backends.
-
-ONNX Runtime runs real exported graphs and is compared with the float64 reference. TensorRT is not installed
-here: its session logic (ping-pong state on the device, profile checks, CUDA graph capture and replay,
-compatibility refusal) runs against a fake device and fake engines that compute with the reference model and
-emulate CUDA-graph semantics (a captured graph replays the shapes and addresses of its capture). The real
-TensorRT path is tested by test_tensorrt_end_to_end, which skips without TensorRT and a GPU.
-"""
+"""The TensorRT session. TensorRT is not installed here: its session logic (ping-pong state on the device,
+profile checks, CUDA graph capture and replay, compatibility refusal) runs against a fake device and fake
+engines that compute with the reference model and emulate CUDA-graph semantics (a captured graph replays the
+shapes and addresses of its capture). The real TensorRT path is tested by test_tensorrt_end_to_end, which
+skips without TensorRT and a GPU."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,175 +15,12 @@ import pytest
 from lru_deploy import contract, engines
 from lru_deploy import trt_env
 from lru_deploy import manifest
-from lru_deploy.checkpoints import save_model
-from lru_deploy.errors import EngineError, InputError, ManifestError
-from lru_deploy.export import ExportOptions, export_model
+from lru_deploy.errors import EngineError, InputError
 from lru_deploy.runtime import ReferenceSession, open_session
-from lru_deploy.runtime.onnxruntime import OnnxruntimeSession
 from lru_deploy.runtime.tensorrt import DeviceTensor, TensorrtSession
 
 ATOL, RTOL = 1e-5, 1e-5  # fp32 graphs against the float64 reference, outputs of size ~1
 
-
-def tokens(session, prompt, n=12, seed=3, temperature=0.9, top_k=5):
-    return np.stack(list(session.generate(prompt, n, temperature, top_k, seed)), axis=1)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, lru):
-    """A token model, its folder, and an export (fp32 + fp16) with max_seq 16 so that prompts get split."""
-    root = tmp_path_factory.mktemp("rb")
-    model = lru.make_model(lru.small_config(), seed=5)
-    model_dir = save_model(model, root / "tiny")
-    export = export_model(model_dir, root / "export", ExportOptions(precisions=("fp32", "fp16"), chunk=4,
-                          max_seq=16, validate=False, lint=False))
-    return model, model_dir, export
-
-
-@pytest.fixture(scope="module")
-def pooled(tmp_path_factory, lru):
-    """A continuous-input model with mean pooling (its state carries a running sum and count)."""
-    root = tmp_path_factory.mktemp("rbp")
-    model = lru.make_model(lru.small_config(d_input=3, pooling="mean", d_output=4), seed=6)
-    model_dir = save_model(model, root / "pooled")
-    export = export_model(model_dir, root / "export", ExportOptions(precisions=("fp32",), chunk=4, max_seq=16,
-                          validate=False, lint=False))
-    return model, model_dir, export
-
-
-# ---------------------------------------------------------------- open_session
-
-def test_open_session_dispatches_on_the_folder(tiny):
-    _, model_dir, export = tiny
-    assert type(open_session(model_dir)) is ReferenceSession
-    ort = open_session(export)
-    assert type(ort) is OnnxruntimeSession and ort.max_seq == 16 and ort.precision == "fp32"
-    assert open_session(export, precision="fp16").precision == "fp16"
-    assert type(open_session(export, backend="reference")) is ReferenceSession  # follows the manifest's model
-
-
-def test_open_session_refuses_clearly(tiny, tmp_path):
-    _, model_dir, export = tiny
-    with pytest.raises(InputError, match="backend onnxruntime needs an export folder") as e:
-        open_session(model_dir, backend="onnxruntime")
-    assert "lru-deploy export" in e.value.hint
-    with pytest.raises(InputError, match="unknown backend 'jax'"):
-        open_session(model_dir, backend="jax")
-    with pytest.raises(InputError, match="neither a model, an export nor an engine folder"):
-        open_session(tmp_path)
-    with pytest.raises(ManifestError, match="no bf16 graphs"):
-        open_session(export, precision="bf16")
-    with pytest.raises(InputError, match="lacks CUDAExecutionProvider"):
-        open_session(export, providers=["CUDAExecutionProvider"])
-
-
-# ---------------------------------------------------------------- ONNX Runtime against the reference
-
-def test_onnxruntime_prefill_splits_long_prompts_exactly(tiny, lru):
-    model, _, export = tiny
-    ref, ort = ReferenceSession(model), OnnxruntimeSession(export)
-    calls = []
-    run = ort._run
-    ort._run = lambda g, feeds: calls.append(feeds[contract.input_name(model.cfg)].shape) or run(g, feeds)
-    ids = lru.random_inputs(model.cfg, 3, 37, seed=1)
-    st0 = lru.random_state(model.cfg, 3, seed=2)
-    out, st = ort.prefill(ids, st0)
-    assert calls == [(3, 16), (3, 16), (3, 5)]  # max_seq 16: three calls, state carried
-    want, want_st = ref.prefill(ids, st0)
-    np.testing.assert_allclose(out, want, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(st["state"], want_st["state"], atol=ATOL, rtol=RTOL)
-
-
-def test_onnxruntime_step_continues_prefill(tiny, lru):
-    model, _, export = tiny
-    ref, ort = ReferenceSession(model), OnnxruntimeSession(export)
-    ids = lru.random_inputs(model.cfg, 2, 9, seed=3)
-    _, st = ort.prefill(ids[:, :6])
-    for t in range(6, 9):
-        out, st = ort.step(ids[:, t], st)
-    full, full_st = ref.prefill(ids)
-    np.testing.assert_allclose(out, full[:, -1], atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(st["state"], full_st["state"], atol=ATOL, rtol=RTOL)
-
-
-def test_onnxruntime_fp16_within_the_precision_tolerance(tiny, lru):
-    model, _, export = tiny
-    ids = lru.random_inputs(model.cfg, 2, 20, seed=4)
-    got, _ = OnnxruntimeSession(export, precision="fp16").prefill(ids)
-    want, _ = ReferenceSession(model).prefill(ids)
-    rel_l2 = np.linalg.norm(got - want) / np.linalg.norm(want)
-    assert rel_l2 <= contract.TOLERANCES["fp16"]["rel_l2"], rel_l2
-
-
-def test_onnxruntime_bf16_runs_emulated_within_tolerance(tmp_path, lru):
-    model = lru.make_model(lru.small_config(), seed=8)
-    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", ExportOptions(precisions=("bf16",),
-                          chunk=4, max_seq=64, validate=False, lint=False))
-    sess = OnnxruntimeSession(export, precision="bf16")
-    assert sess.mode == "bf16-emulated"
-    ids = lru.random_inputs(model.cfg, 2, 20, seed=4)
-    got, _ = sess.prefill(ids)
-    want, _ = ReferenceSession(model).prefill(ids)
-    rel_l2 = np.linalg.norm(got - want) / np.linalg.norm(want)
-    assert rel_l2 <= contract.TOLERANCES["bf16"]["rel_l2"], rel_l2
-
-
-def test_cpu_prefill_split_defaults_to_4096(tmp_path, lru):
-    model = lru.make_model(lru.small_config(), seed=8)
-    export = export_model(save_model(model, tmp_path / "m"), tmp_path / "e", ExportOptions(precisions=("fp32",),
-                          chunk=4, max_seq=10000, validate=False, lint=False))
-    assert OnnxruntimeSession(export).max_seq == 4096
-    assert OnnxruntimeSession(export, split=None).max_seq == 10000
-    assert OnnxruntimeSession(export, split=100).max_seq == 100
-
-
-def test_same_tokens_on_reference_and_onnxruntime(tiny, lru):
-    model, _, export = tiny
-    prompts = lru.random_inputs(model.cfg, 3, 21, seed=5)  # longer than max_seq: split
-    a = tokens(ReferenceSession(model), prompts, n=16)
-    b = tokens(OnnxruntimeSession(export), prompts, n=16)
-    assert a.shape == (3, 16)
-    np.testing.assert_array_equal(a, b)
-
-
-def test_batched_generation_equals_one_sequence_at_a_time(tiny, lru):
-    model, _, export = tiny
-    ort = OnnxruntimeSession(export)
-    prompts = lru.random_inputs(model.cfg, 3, 7, seed=6)
-    together = np.stack([ort.step(prompts[:, -1], ort.prefill(prompts[:, :-1])[1])[0]])[0]
-    for b in range(3):
-        alone, _ = ort.step(prompts[b:b + 1, -1], ort.prefill(prompts[b:b + 1, :-1])[1])
-        np.testing.assert_allclose(together[b:b + 1], alone, atol=1e-6, rtol=1e-6)
-    # greedy decoding is deterministic per row, so a batch decodes like its rows alone
-    batch = tokens(ort, prompts, n=8, temperature=0)
-    for b in range(3):
-        np.testing.assert_array_equal(batch[b:b + 1], tokens(ort, prompts[b:b + 1], n=8, temperature=0))
-
-
-def test_mean_pooling_state_crosses_backends(pooled, lru):
-    model, _, export = pooled
-    ref, ort = ReferenceSession(model), OnnxruntimeSession(export)
-    x = lru.random_inputs(model.cfg, 2, 23, seed=7)
-    out, st = ort.prefill(x[:, :20])
-    assert set(st) == {"state", "pool_sum", "pool_count"}
-    out, st = ref.step(x[:, 20], st)  # a state from one backend continues on another
-    out, st = ort.step(x[:, 21], st)
-    out, st = ort.prefill(x[:, 22:], st)
-    want, want_st = ref.prefill(x)
-    np.testing.assert_allclose(out, want, atol=ATOL, rtol=RTOL)
-    for k in want_st:
-        np.testing.assert_allclose(st[k], want_st[k], atol=ATOL, rtol=RTOL)
-    assert float(st["pool_count"][0, 0]) == 23.0
-
-
-def test_tampered_graph_is_refused(tiny, tmp_path):
-    import shutil
-    _, _, export = tiny
-    copy = shutil.copytree(export, tmp_path / "copy")
-    with open(copy / "fp32" / "step.onnx", "ab") as f:
-        f.write(b"\0")
-    with pytest.raises(ManifestError, match="does not match the sha256"):
-        OnnxruntimeSession(copy)
 
 
 # ---------------------------------------------------------------- TensorRT session logic on a fake device
@@ -344,8 +178,8 @@ def test_tensorrt_session_generates_like_the_reference_with_cuda_graphs(tiny, en
     sess, cuda = fake_session(engine_dir, model)
     assert sess.max_seq == 16 and sess.max_batch == 2
     prompts = lru.random_inputs(model.cfg, 2, 37, seed=8)
-    got = tokens(sess, prompts, n=10)
-    np.testing.assert_array_equal(got, tokens(ReferenceSession(model), prompts, n=10))
+    got = lru.tokens(sess, prompts, n=10)
+    np.testing.assert_array_equal(got, lru.tokens(ReferenceSession(model), prompts, n=10))
     # prefill: 3 split calls; steps: 2 plain enqueues (one per ping-pong direction, each captured), 7 replays
     assert cuda.enqueues == 3 + 2 and cuda.captures == 2 and cuda.launches == 7
     assert cuda.violations == []
@@ -360,7 +194,7 @@ def test_tensorrt_cuda_graphs_keep_one_context_per_direction(tiny, engine_dir, l
     ref = ReferenceSession(model)
     for batch, seed in ((2, 12), (1, 13), (2, 14)):
         prompts = lru.random_inputs(model.cfg, batch, 9, seed=seed)
-        np.testing.assert_array_equal(tokens(sess, prompts, n=6), tokens(ref, prompts, n=6))
+        np.testing.assert_array_equal(lru.tokens(sess, prompts, n=6), lru.tokens(ref, prompts, n=6))
     assert cuda.violations == []
     assert cuda.captures == 2 * 3 and cuda.launches == 3 * 3  # per batch size: 5 steps, 2 captured, 3 replays
     step = sess._engines["step"]
@@ -418,7 +252,7 @@ def test_tensorrt_capture_failure_falls_back_to_plain_enqueues(tiny, engine_dir,
     model = tiny[0]
     sess, cuda = fake_session(engine_dir, model, capture_ok=False)
     prompts = lru.random_inputs(model.cfg, 1, 5, seed=10)
-    np.testing.assert_array_equal(tokens(sess, prompts, n=6), tokens(ReferenceSession(model), prompts, n=6))
+    np.testing.assert_array_equal(lru.tokens(sess, prompts, n=6), lru.tokens(ReferenceSession(model), prompts, n=6))
     assert sess.cuda_graphs is False and cuda.launches == 0 and cuda.enqueues == 1 + 5
 
 
@@ -468,5 +302,5 @@ def test_tensorrt_end_to_end(tiny, tmp_path, lru):
         want, want_st = ReferenceSession(model).prefill(ids)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(np.asarray(st["state"]), want_st["state"], atol=1e-4, rtol=1e-4)
-        np.testing.assert_array_equal(tokens(trt, ids, n=8, temperature=0),
-                                      tokens(ReferenceSession(model), ids, n=8, temperature=0))
+        np.testing.assert_array_equal(lru.tokens(trt, ids, n=8, temperature=0),
+                                      lru.tokens(ReferenceSession(model), ids, n=8, temperature=0))
