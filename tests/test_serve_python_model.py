@@ -152,3 +152,33 @@ def test_bad_requests_are_refused_alone(model, sess):
     bad = req([1], 13, start=1)
     bad["input_ids"] = Tensor("input_ids", np.zeros((2, 3), np.int64))
     assert "a sequence sends one row" in model.execute([bad])[0].error.text
+
+
+class DeviceLike:
+    """Like the TensorRT session's DeviceTensor: readable through __array__ only, no slicing."""
+
+    def __init__(self, array):
+        self._a = np.asarray(array)
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+def test_states_handed_back_on_the_device_are_kept_on_the_host(model, sess, monkeypatch):
+    prefill, step = model.session.prefill, model.session.step
+
+    def wrap(fn):
+        def run(x, st):
+            o, new = fn(x, {k: np.asarray(v) for k, v in st.items()} if st is not None else None)
+            return DeviceLike(o), {k: DeviceLike(v) for k, v in new.items()}
+        return run
+
+    monkeypatch.setattr(model.session, "prefill", wrap(prefill))
+    monkeypatch.setattr(model.session, "step", wrap(step))
+    model.execute([req([1, 2, 3], 20, start=1), req([4, 5], 21, start=1)])
+    assert all(isinstance(v, np.ndarray) for st, _ in model.states.values() for v in st.values())
+    r = model.execute([req([6], 20), req([7], 21)])
+    for resp, ids, tok in ((r[0], [1, 2, 3], 6), (r[1], [4, 5], 7)):
+        _, st = sess.prefill(np.array([ids]))
+        want, _ = sess.step(np.array([tok]), st)
+        np.testing.assert_allclose(out(resp)[:, 0], want, rtol=RTOL, atol=ATOL)

@@ -34,6 +34,12 @@ log = logging.getLogger("lru_deploy.serve.python_model")
 P_TARGET, P_BACKEND, P_PRECISION = "lru_deploy_target", "lru_deploy_backend", "lru_deploy_precision"
 
 
+def _host(state: dict) -> dict:
+    """The state as host arrays: the TensorRT session hands back device tensors that live in buffers its next
+    call reuses, so a state kept across calls must be downloaded (onnxruntime's arrays pass unchanged)."""
+    return {k: np.asarray(v) for k, v in state.items()}
+
+
 class TritonPythonModel:
     """Triton calls initialize(args) once per instance, execute(requests) per batch, finalize() at unload."""
 
@@ -104,7 +110,7 @@ class TritonPythonModel:
                 responses[i] = self._error(str(e))
                 continue
             responses[i] = self._respond(out)
-            self._keep(corrid, new, end, now)
+            self._keep(corrid, _host(new), end, now)
         if steps:
             self._steps(steps, responses, now)
         return responses
@@ -122,6 +128,7 @@ class TritonPythonModel:
                 responses[i] = self._error(str(e))
             return
         per_position = self.output_rank == 3
+        out, new = np.asarray(out), _host(new)
         for row, (i, corrid, _, _, end) in enumerate(steps):
             o = out[row:row + 1]
             responses[i] = self._respond(o[:, None] if per_position else o)
