@@ -153,8 +153,8 @@ def _readme(out: Path, m, kind: str, name: str, graph_name: str, precision: str,
     spec = m.spec("prefill")
     x = spec.model_inputs[0]
     out_t = next(t for t in spec.outputs if t.name == contract.OUTPUTS)
-    dims = ", ".join(f"`{a}` {t.dtype} {tc.per_request_dims(t)}" for a, t in
-                     (("in", x), ("out", out_t)))
+    dims = f"`{x.name}` {x.dtype} {tc.per_request_dims(x)} and answer `{out_t.name}` {out_t.dtype} " \
+           f"{tc.per_request_dims(out_t)}"
     states = ", ".join(f"`{i}` -> `{o}`" for i, o in contract.state_pairs(spec))
     backend = "onnxruntime" if kind == "export" else "TensorRT"
     trt_note = ""
@@ -194,7 +194,12 @@ docker run --rm --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -v "{out}:/mo
   tritonserver --model-repository=/models --model-control-mode=explicit --load-model={graph_name}
 ```
 
-`{graph_name}` needs nothing but the container. To load `{name}` there too, the container's Python needs
-lru-deploy and `numpy<2` (mount lru-deploy's source at /src and start with
-`bash -c "pip install /src 'numpy<2' && tritonserver --model-repository=/models"`).
+`{graph_name}` needs nothing but the container. `{name}` needs lru-deploy and `numpy<2` in the container's
+Python; with lru-deploy's source at /path/to/lru-deploy:
+
+```
+docker run --rm --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -v "{out}:/models" \\
+  -v /path/to/lru-deploy:/src {CONTAINER} \\
+  bash -c "pip install /src 'numpy<2' && tritonserver --model-repository=/models"
+```
 {trt_note}"""
