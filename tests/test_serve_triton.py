@@ -95,9 +95,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list:
+    found = []
+    for child in ss._children(pid):
+        found += [child, *descendants(child.pid)]
+    return found
+
+
 def run_env(bin_dir: Path, *args, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir / "lru-deploy"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    """`lru-deploy ARGS` in the Triton environment; past the timeout it and what it started are ended by pid."""
+    proc = subprocess.Popen([str(bin_dir / "lru-deploy"), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for p in reversed(descendants(proc.pid)):
+            os.kill(p.pid, signal.SIGKILL)
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"lru-deploy {' '.join(map(str, args))} still ran after {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 class ServeProcess:
@@ -204,9 +221,15 @@ def served(tmp_path_factory, triton_bin, export_dir):
             "trt": [engines, "--out", root / "r_trt", "--name", "eng", "--max-batch", "8", "--instances", "2"]}
     procs = {k: subprocess.Popen([str(triton_bin / "lru-deploy"), "triton", *map(str, a)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, cwd=ROOT) for k, a in jobs.items()}
-    for k, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, f"triton {k}: {out}\n{err}"
+    try:
+        for k, p in procs.items():
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, f"triton {k}: {out}\n{err}"
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     repo = root / "serve"
     repo.mkdir()
     shutil.copytree(root / "r_main" / "lru", repo / "lru")
@@ -383,9 +406,34 @@ def test_bad_requests_are_refused_with_the_models_message(served):
         assert "no ready model 'nope'" in e.value.message and "lru_idle" in e.value.message
 
 
+GRPC = """import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+c = grpcclient.InferenceServerClient(sys.argv[1])
+outs = []
+for ids, start, end in ((np.array([[5, 6, 7]]), True, False), (np.array([[8]]), False, True)):
+    x = grpcclient.InferInput("input_ids", list(ids.shape), "INT64")
+    x.set_data_from_numpy(ids.astype(np.int64))
+    outs.append(c.infer("lru", [x], sequence_id=6060, sequence_start=start, sequence_end=end).as_numpy("outputs"))
+np.savez(sys.argv[2], prompt=outs[0], step=outs[1])
+"""
+
+
+def test_the_grpc_port_serves_the_same_sequences(served, tmp_path):
+    """tritonclient's gRPC client (in the Triton environment) against the onnxruntime session."""
+    subprocess.run([str(served.triton_bin / "python"), "-c", GRPC, f"127.0.0.1:{served.server.grpc}",
+                    str(tmp_path / "out.npz")], check=True, timeout=120, capture_output=True)
+    with np.load(tmp_path / "out.npz") as z:
+        prompt, step = z["prompt"], z["step"]
+    want, st = served.session.prefill(np.array([[5, 6, 7]]))
+    np.testing.assert_allclose(prompt, want, rtol=RTOL, atol=ATOL)
+    want, _ = served.session.step(np.array([8]), st)
+    np.testing.assert_allclose(step[:, 0], want, rtol=RTOL, atol=ATOL)
+
+
 def test_serve_refuses_a_port_in_use(served):
     res = run_env(served.triton_bin, "serve", served.repo, "--http-port", served.server.http,
-                  "--grpc-port", free_port())
+                  "--grpc-port", free_port(), timeout=60)
     assert res.returncode == 1
     assert f"HTTP port {served.server.http} on 127.0.0.1 is in use" in res.stderr
     assert "Traceback" not in res.stderr
