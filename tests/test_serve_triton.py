@@ -348,7 +348,13 @@ def test_two_concurrent_generate_server_commands_give_the_onnxruntime_text(serve
                                "--prompt", p, "--seed", str(seed), "--temperature", str(t), "--top-k", str(k),
                                "--max-new-tokens", str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
              for p, seed, t, k, n in cases]
-    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for (prompt, seed, t, k, n), proc, (out, err) in zip(cases, procs, outs):
         assert proc.returncode == 0, err.decode()
         assert cli.main(["generate", str(served.export), "--backend", "onnxruntime", "--prompt", prompt,
