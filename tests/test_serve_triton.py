@@ -445,6 +445,20 @@ def test_serve_refuses_a_port_in_use(served):
     assert "Traceback" not in res.stderr
 
 
+def test_serve_names_a_model_that_fails_to_load(served, tmp_path):
+    repo = tmp_path / "repo"
+    stand_in(served.repo / "lru_onnx", repo / "broken")
+    (repo / "broken" / "config.pbtxt").write_text(
+        (repo / "broken" / "config.pbtxt").read_text().replace('name: "lru_onnx"', 'name: "broken"'))
+    (repo / "broken" / "1" / "model.py").write_text("raise RuntimeError('broken on purpose')\n")
+    res = run_env(served.triton_bin, "serve", repo, "--http-port", free_port(), "--grpc-port", free_port(),
+                  timeout=120)
+    assert res.returncode == 1
+    assert "tritonserver exited with code 1 while starting" in res.stderr
+    assert "failed to load 'broken'" in res.stderr and "broken on purpose" in res.stderr
+    assert "Traceback (most recent call last)" not in res.stderr.split("error: tritonserver")[-1]
+
+
 def test_serve_stops_cleanly_on_sigint(served, tmp_path):
     repo = tmp_path / "repo"
     stand_in(served.repo / "lru_onnx", repo / "lru_onnx")

@@ -245,9 +245,10 @@ class TritonServer:
             if rc is not None:
                 if self._reader is not None:
                     self._reader.join(timeout=2)
-                errors = [ln for ln in self._tail if ln[:1] == "E" or "error" in ln.lower()][-6:]
+                errors = [ln if len(ln) <= 300 else ln[:300] + " ..." for ln in self._tail
+                          if (ln[:1] == "E" or "error" in ln.lower()) and not any(n in ln for n in EXPECTED_NOISE)]
                 raise ServeError(f"tritonserver exited with code {rc} while starting on {self.repo}:",
-                                 "its messages are above; " + ENV_HINT, errors)
+                                 "its messages are above: a model that failed to load says why", errors[-4:])
             if all(_http_ok(f"http://{self.url}{p}") for p in paths):
                 return
             if time.monotonic() > deadline:
