@@ -437,6 +437,12 @@ def test_the_grpc_port_serves_the_same_sequences(served, tmp_path):
     np.testing.assert_allclose(step[:, 0], want, rtol=RTOL, atol=ATOL)
 
 
+def test_generate_against_the_grpc_port_says_it_is_not_http(served, capsys):
+    rc = cli.main(["generate", "--server", f"127.0.0.1:{served.server.grpc}", "--prompt", "x"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "did not answer as an HTTP server" in err and "not its gRPC port" in err
+
+
 def test_serve_refuses_a_port_in_use(served):
     res = run_env(served.triton_bin, "serve", served.repo, "--http-port", served.server.http,
                   "--grpc-port", free_port(), timeout=60)

@@ -106,6 +106,10 @@ class TritonClient:
                 self.close()
                 raise ServeError(f"cannot reach the Triton server at {self.url}: {e.strerror or e}",
                                  "check --server HOST:PORT and that the server runs") from None
+            except http.client.HTTPException as e:
+                self.close()
+                raise ServeError(f"{self.url} did not answer as an HTTP server ({type(e).__name__})",
+                                 "is --server the HTTP port of a Triton server (not its gRPC port)?") from None
         raise AssertionError("unreachable")
 
     def _json(self, method: str, path: str, body: Optional[dict] = None) -> tuple[int, dict]:
