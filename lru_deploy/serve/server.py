@@ -106,7 +106,10 @@ def repository_models(repo: Path) -> dict[str, str]:
 
 
 def port_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen on host:port now. SO_REUSEADDR as servers bind: connections of a server
+    that just stopped (TIME_WAIT) do not count as the port being in use."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
