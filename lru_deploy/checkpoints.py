@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+NONFINITE = "NaN or Inf value(s)"
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default"
 
@@ -126,7 +127,7 @@ def state_dict_problems(cfg: LRUConfig, sd: Mapping[str, torch.Tensor]) -> list[
             continue
         bad = (~torch.isfinite(t)).sum().item()
         if bad:
-            problems.append(f"{k}: {bad} NaN or Inf value(s)")
+            problems.append(f"{k}: {bad} {NONFINITE}")
         if k.endswith("running_var") and (t < 0).any():
             problems.append(f"{k}: negative variance")
     for i in range(cfg.n_layers):
@@ -144,6 +145,10 @@ def state_dict_problems(cfg: LRUConfig, sd: Mapping[str, torch.Tensor]) -> list[
 def model_from_state_dict(cfg: LRUConfig, sd: Mapping[str, torch.Tensor], source: str = "state dict",
                           dtype: torch.dtype = torch.float32) -> LRUModel:
     problems = state_dict_problems(cfg, sd)
+    if problems and all(NONFINITE in p for p in problems):  # the weights are damaged, the config is not at fault
+        raise CheckpointError(f"{source} holds NaN or Inf weights ({len(problems)} tensor(s)):",
+                              "the checkpoint is damaged or its training diverged; save it again from finite "
+                              "weights", problems)
     if problems:
         raise CheckpointError(f"{source} does not fit its config ({len(problems)} problem(s)):",
                               "re-export the checkpoint, or fix config.json to describe the weights", problems)
@@ -182,13 +187,21 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds here (UnpicklingError, RuntimeError, EOFError, ...)
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()[0] if str(e) else ""
-        if "weights_only" in first or "Weights only load failed" in first:
-            first = "it holds objects other than tensors and plain containers"
-        raise CheckpointError(f"{path} could not be read as a weights-only PyTorch file ({type(e).__name__}: "
-                              f"{first})",
-                              "lru-deploy loads .pt files with weights_only=True and never unpickles objects; "
-                              "save a plain state dict (torch.save(model.state_dict(), path))") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        glob = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+        if glob:  # a pickle that names Python objects: refused, never run (and no hint to load it unsafely)
+            raise CheckpointError(f"{path} refers to Python objects other than tensors and plain containers "
+                                  f"({glob.group(1)}), which weights-only loading refuses; lru-deploy never "
+                                  f"unpickles Python objects",
+                                  "save a plain state dict: torch.save(model.state_dict(), path) (lru-deploy reads "
+                                  ".pt files with weights_only=True)") from None
+        first = text.split("\n")[0].split(". ")[0] if text else ""
+        if "Weights only load failed" in first or not first:
+            first = "not a tensor pickle torch.save writes"
+        raise CheckpointError(f"{path} is not a readable PyTorch state dict file ({type(e).__name__}: {first}): "
+                              f"it is corrupt, truncated or of another format",
+                              "save or copy it again (torch.save(model.state_dict(), path)); lru-deploy reads .pt "
+                              "files with weights_only=True") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict",
                               "save a plain state dict: torch.save(model.state_dict(), path)")

@@ -55,6 +55,17 @@ RULES: dict[str, str] = {
 OPSET_MIN = 9
 OPSET_MAX: dict[tuple[int, int], int] = {(10, 0): 20, (10, 15): 24}
 DEFAULT_TRT = (10, 0)  # the floor of "TensorRT 10": anything newer must be asked for
+TRT_RANGE = ((10, 0), (10, 15))  # the releases the facts above describe: --trt must name one of them
+
+
+def trt_version_problem(v) -> Optional[str]:
+    """Why `v` (major, minor) cannot be a lint target, or None: the table knows TensorRT 10.0 to 10.15 only."""
+    lo, hi = TRT_RANGE
+    if not (isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v) and lo <= v <= hi):
+        shown = _ver(v) if isinstance(v, tuple) and len(v) == 2 else repr(v)
+        return (f"--trt {shown}: lint's operator table describes TensorRT {_ver(lo)} to {_ver(hi)} "
+                f"(onnx-tensorrt's release/10.15 tables); other versions would be checked against facts it lacks")
+    return None
 
 _F = ("FP32", "FP16", "BF16")
 _FI = _F + ("INT32", "INT64")
@@ -484,6 +495,10 @@ def lint_export(export_dir, *, cfg: Optional[LRUConfig] = None, prefill_outputs:
     the manifest's; `cfg` (and `prefill_outputs`) given here win, for a folder whose manifest is not written
     yet (export lints before it writes the manifest)."""
     path = Path(export_dir)
+    problem = trt_version_problem(trt_version)
+    if problem:
+        raise InputError(problem, f"pass --trt {_ver(TRT_RANGE[0])} to {_ver(TRT_RANGE[1])}, the oldest TensorRT "
+                                  f"the graphs must parse on")
     if not path.exists():
         raise InputError(f"{path} does not exist", "pass an export folder (from `lru-deploy export`) or a .onnx file")
     report = LintReport()

@@ -331,10 +331,22 @@ def _pt_error(path):
 def test_corrupt_pt(tmp_path):
     p = tmp_path / "w.pt"
     p.write_bytes(np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes())
-    assert "could not be read as a weights-only PyTorch file" in _pt_error(p)
+    text = _pt_error(p)
+    assert "is not a readable PyTorch state dict file" in text and "corrupt, truncated" in text
+    assert "weights_only=False" not in text and "other than tensors" not in text  # never the unsafe load
     torch.save({"a": torch.ones(3)}, p)
     p.write_bytes(p.read_bytes()[:40])
-    assert "could not be read" in _pt_error(p)
+    assert "is not a readable PyTorch state dict file" in _pt_error(p)
+
+
+def test_nan_weights_are_not_called_a_config_mismatch(good):
+    cfg, sd = good
+    bad = _mutate(_mutate(sd, "decoder.weight", _set(float("nan"), 3)), "layers.0.lru.B_re", _set(float("inf")))
+    with pytest.raises(CheckpointError) as ei:
+        model_from_state_dict(cfg, bad, source="test.pt")
+    e = ei.value
+    assert e.message == "test.pt holds NaN or Inf weights (2 tensor(s)):" and "config" not in e.hint
+    assert sorted(e.problems) == ["decoder.weight: 1 NaN or Inf value(s)", "layers.0.lru.B_re: 1 NaN or Inf value(s)"]
 
 
 def test_pt_holding_non_dict(tmp_path):

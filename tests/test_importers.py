@@ -124,8 +124,24 @@ def test_cli_minimal_lru_end_to_end(tmp_path, capsys):
     assert "norm layer (post, eps 1e-06)" in capsys.readouterr().out
     np.testing.assert_allclose(run(load_model(out), FIXTURES / name), np.load(FIXTURES / name / "expected.npy"),
                                atol=ATOL, rtol=0)
-    assert main(["import", "minimal-lru", str(FIXTURES / name / "params.msgpack"), "--out", str(out)]) == 1
+    assert main(["import", "minimal-lru", str(FIXTURES / name / "params.msgpack"), "--postnorm", "--pooling", "mean",
+                 "--out", str(out)]) == 1
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["minimal_lru_batch_prenorm_last", "minimal_lru_layer_prenorm_none",
+                                  "minimal_lru_layer_postnorm_mean"])
+@pytest.mark.parametrize("flags, missing", [([], "--prenorm or --postnorm and --pooling"),
+                                            (["--prenorm"], "missing: --pooling"),
+                                            (["--pooling", "mean"], "missing: --prenorm or --postnorm")])
+def test_cli_minimal_lru_requires_what_the_file_cannot_tell(tmp_path, capsys, name, flags, missing):
+    """A Flax msgpack records neither the pooling nor pre/post-norm: guessing built the wrong model for the
+    pooling last and none fixtures, so both are required."""
+    rc = main(["import", "minimal-lru", str(FIXTURES / name / "params.msgpack"), *flags, "--out",
+               str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 1 and missing in err and "hint:" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_default_out_dir_and_torch(tmp_path, capsys):
@@ -144,10 +160,22 @@ def test_cli_default_out_dir_and_torch(tmp_path, capsys):
 def test_cli_reports_problems_without_traceback(tmp_path, capsys):
     bad = tmp_path / "notes.msgpack"
     bad.write_text("these are not parameters\n")
-    assert main(["import", "minimal-lru", str(bad)]) == 1
+    assert main(["import", "minimal-lru", str(bad), "--prenorm", "--pooling", "mean"]) == 1
     err = capsys.readouterr().err
     assert "not a Flax msgpack checkpoint" in err and "hint:" in err and "Traceback" not in err
     assert not (tmp_path / "notes-lru-deploy").exists()
+
+
+@pytest.mark.parametrize("depth", [65, 900, 100_000])
+def test_a_deeply_nested_msgpack_is_not_a_flax_checkpoint(tmp_path, capsys, depth):
+    """Maps nested far deeper than a parameter tree: one clear error, never a RecursionError."""
+    deep = tmp_path / "deep.msgpack"
+    deep.write_bytes(b"\x81\xa1x" * depth + b"\x01")  # {"x": {"x": ... 1}}
+    assert main(["import", "minimal-lru", str(deep), "--prenorm", "--pooling", "mean", "--out",
+                 str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert "is not a Flax checkpoint" in err and "nest" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
 
 
 # ------------------------------------------------------------------------------------- minimal-LRU bad input

@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 
 from ..errors import LRUDeployError
+from .common import precision_list
 from .core import cmd_demo, cmd_generate, cmd_info, cmd_init, cmd_run
 
 log = logging.getLogger("lru_deploy")
+BACKEND_CHOICES = ("reference", "onnxruntime", "tensorrt")  # runtime.BACKENDS, without importing the runtime
+BACKEND_HELP = "default: what TARGET holds (model -> reference, export -> onnxruntime, engines -> tensorrt)"
 
 # Stage modules that add subcommands: each has register(subparsers) -> None.
 STAGES: list[str] = [
@@ -46,6 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`generate ... | head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, the status a Unix tool killed by the closed pipe reports
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it): nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "initialisation.")
     s.add_argument("--config", required=True, help="JSON file with LRUConfig fields")
     s.add_argument("--out", required=True, help="model folder to write")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="initialisation seed, 0 to 2^63-1 (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     s.set_defaults(func=cmd_init)
 
@@ -76,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", help="initial state: .npz (contract names) or .npy (state)")
     s.add_argument("--output", required=True, help=".npy file for `outputs`")
     s.add_argument("--state-out", help=".npz file for the final state")
-    s.add_argument("--backend", default=None, help="reference (default for a model folder)")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help=BACKEND_HELP)
+    s.add_argument("--precision", type=precision_list, default=None, metavar="PRECISION",
+                   help="onnxruntime: which exported precision to run, one of fp32, fp16, bf16 (default fp32)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("generate", help="stream text from a token model on any backend",
@@ -84,16 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt and the generated text only; statistics go to standard error.")
     s.add_argument("target", nargs="?", default="default",
                    help="model, export or engine folder (default: the bundled model)")
-    s.add_argument("--prompt", required=True)
-    s.add_argument("--backend", choices=("reference", "onnxruntime", "tensorrt"), default=None,
-                   help="default: what TARGET holds (model -> reference, export -> onnxruntime, engines -> tensorrt)")
-    s.add_argument("--precision", default=None, help="onnxruntime: which exported precision to run (default fp32)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="the prompt text (its bytes as given, UTF-8 or not)")
+    g.add_argument("--prompt-file", metavar="FILE", help="read the prompt's bytes from FILE")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help=BACKEND_HELP)
+    s.add_argument("--precision", type=precision_list, default=None, metavar="PRECISION",
+                   help="onnxruntime: which exported precision to run, one of fp32, fp16, bf16 (default fp32)")
     s.add_argument("--server", default=None, metavar="HOST:PORT[/MODEL]",
                    help="generate through a Triton server's HTTP port instead (model lru unless named; TARGET unused)")
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=40, help="0 = all tokens")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    s.add_argument("--temperature", type=float, default=0.8, help="a finite number >= 0; 0 = greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, default=40, help="0 = all tokens (default 40)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed, 0 to 2^63-1 (default 0)")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("demo", help="the main job end to end on the bundled model",

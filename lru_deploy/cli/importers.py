@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from ..checkpoints import save_model
+from ..errors import CheckpointError
 from ..importers import default_out_dir, import_minimal_lru
 from ..importers.torch_layouts import FORMATS, import_torch
 from ..model import POOLINGS, LRUModel
@@ -20,15 +21,17 @@ def register(subparsers) -> None:
     m = sub.add_parser("minimal-lru", help="a minimal-LRU Flax msgpack file",
                        description="Import flax.serialization.to_bytes({'params': ..., 'batch_stats': ...}) of a "
                                    "minimal-LRU ClassificationModel. Sizes and the norm kind are read from the file; "
-                                   "prenorm and pooling are not stored there: pass the values used in training "
-                                   "(defaults: minimal-LRU's run_train.py defaults, --prenorm --pooling mean). "
+                                   "pre- or post-norm and the pooling are not stored there, so --prenorm or "
+                                   "--postnorm and --pooling are required: pass the values used in training "
+                                   "(minimal-LRU's run_train.py defaults are --prenorm --pooling mean). "
                                    "Models trained with multidim > 1 are not supported.")
     m.add_argument("params", help="the .msgpack file")
     m.add_argument("--out", help="model folder to write (default: <input dir>/<stem>-lru-deploy)")
     g = m.add_mutually_exclusive_group()
-    g.add_argument("--prenorm", dest="prenorm", action="store_true", default=True, help="pre-norm (default)")
-    g.add_argument("--postnorm", dest="prenorm", action="store_false", help="post-norm")
-    m.add_argument("--pooling", choices=POOLINGS, default="mean", help="pooling over time (default: mean)")
+    g.add_argument("--prenorm", dest="prenorm", action="store_true", default=None,
+                   help="the model was trained pre-norm (required: this or --postnorm)")
+    g.add_argument("--postnorm", dest="prenorm", action="store_false", help="the model was trained post-norm")
+    m.add_argument("--pooling", choices=POOLINGS, default=None, help="pooling over time used in training (required)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--log-softmax", dest="log_softmax", action="store_true", default=True,
                    help="apply log_softmax to the decoder output, as minimal-LRU does (default)")
@@ -73,6 +76,13 @@ def _report(model: LRUModel, src: str, out: Path, layout: str = "") -> None:
 
 
 def cmd_import_minimal_lru(args) -> int:
+    missing = [flag for flag, v in (("--prenorm or --postnorm", args.prenorm), ("--pooling", args.pooling))
+               if v is None]
+    if missing:
+        raise CheckpointError(f"{args.params}: a minimal-LRU msgpack does not record pre- or post-norm or the "
+                              f"pooling, so they cannot be guessed; missing: {' and '.join(missing)}",
+                              "pass the values used in training, e.g. --prenorm --pooling mean (minimal-LRU's "
+                              "run_train.py defaults) or --postnorm --pooling last")
     model = import_minimal_lru(args.params, prenorm=args.prenorm, pooling=args.pooling,
                                log_softmax=args.log_softmax, norm=args.norm)
     out = Path(args.out) if args.out else default_out_dir(args.params)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..lint import DEFAULT_TRT, _ver, lint_export
+from ..lint import DEFAULT_TRT, TRT_RANGE, _ver, lint_export
 
 
 def _parse_trt(s: str) -> tuple[int, int]:
     try:
         major, minor = (int(x) for x in s.split(".")[:2])
-    except ValueError:
+    except ValueError:  # also fewer than two parts
         raise argparse.ArgumentTypeError(f"want MAJOR.MINOR such as 10.0, got {s!r}") from None
     return major, minor
 
@@ -23,7 +23,8 @@ def register(subparsers) -> None:
                                           "I/O contract when manifest.json is present. Exit 1 on any error.")
     s.add_argument("export_dir", metavar="EXPORT_DIR", help="export folder or .onnx file")
     s.add_argument("--trt", type=_parse_trt, default=DEFAULT_TRT, metavar="MAJOR.MINOR",
-                   help=f"oldest TensorRT the graphs must parse on (default {_ver(DEFAULT_TRT)})")
+                   help=f"oldest TensorRT the graphs must parse on, {_ver(TRT_RANGE[0])} to {_ver(TRT_RANGE[1])} "
+                        f"(default {_ver(DEFAULT_TRT)})")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_lint)
 

@@ -96,8 +96,7 @@ def precision_problems(precisions, one: bool = False) -> list[str]:
     if not precisions:
         out.append(f"no precision given; valid precisions: {valid}")
     elif one and len(precisions) > 1:
-        out.append(f"this command runs one precision, got {len(precisions)} ({', '.join(precisions)}); "
-                   f"pass one of {valid}")
+        out.append(f"one precision is needed, got {len(precisions)} ({', '.join(precisions)})")
     return out
 
 

@@ -26,6 +26,9 @@ EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 _DTYPES = {"float16", "float32", "float64", "complex64", "complex128", "bool", "int8", "int16", "int32", "int64",
            "uint8", "uint16", "uint32", "uint64"}
 CHUNKED = "__msgpack_chunked_array__"
+# Flax parameter trees nest a handful of levels ({"params": {"encoder": {"layers_0": {...}}}}: under 10 for
+# minimal-LRU); a file nested far deeper is not a parameter tree, and reading it recursively would overflow.
+MAX_DEPTH = 64
 
 
 class Unreadable(NamedTuple):
@@ -102,12 +105,31 @@ def read_flax_msgpack(path: str | os.PathLike) -> dict:
             "write them with open(path, 'wb').write(flax.serialization.to_bytes(variables))")
     try:
         tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False)
+    except msgpack.StackError:  # nesting deeper than msgpack's own unpacking stack
+        raise CheckpointError(f"{path} is not a Flax checkpoint: its maps and lists nest deeper than msgpack "
+                              f"unpacks (a Flax parameter tree nests a few levels)", hint) from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise CheckpointError(f"{path} is not a Flax msgpack checkpoint: {type(e).__name__}: {e}", hint) from None
     if not isinstance(tree, dict):
         raise CheckpointError(f"{path} is not a Flax msgpack checkpoint: it holds a {type(tree).__name__}, "
                               f"not a map of parameters", hint)
+    if _nesting(tree) > MAX_DEPTH:
+        raise CheckpointError(f"{path} is not a Flax checkpoint: its maps and lists nest more than {MAX_DEPTH} "
+                              f"levels deep (a Flax parameter tree nests a few)", hint)
     return _unchunk(tree)
+
+
+def _nesting(tree: Any) -> int:
+    """How deep maps and lists nest, counted without recursion (stops once past MAX_DEPTH)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple)) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+    return deepest
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
