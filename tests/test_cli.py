@@ -375,3 +375,51 @@ def test_run_writes_any_file_name_and_refuses_a_folder(tmp_path, capsys, name):
         assert cli.main(argv) == 0
         assert np.load(out).shape == (1, 3, 11) and set(np.load(tmp_path / "st")) == {"state"}
     assert not list(tmp_path.glob(".*"))
+
+
+# ----------------------------------------------------------------------------- one owner for each default
+def _sub(name):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices[name]
+
+
+def test_cli_defaults_are_the_options_defaults():
+    from lru_deploy.engines import BuildOptions
+    from lru_deploy.export import ExportOptions
+    from lru_deploy.parity import CheckOptions
+    e, b, c = (_sub(n).parse_args(a) for n, a in (("export", []), ("build", ["x"]), ("check", ["x"])))
+    assert ExportOptions(precisions=e.precision, chunk=e.chunk, max_seq=e.max_seq, opset=e.opset,
+                         prefill_outputs=e.prefill_outputs, intra=e.intra, long_seq=e.long_seq) == ExportOptions()
+    assert (b.precision, b.opt_level, b.hardware_compat, b.tf32, b.workspace, b.device) == \
+        ((BuildOptions().precision,), None, "none", False, None, 0)
+    assert CheckOptions(precisions=c.precision, atol=c.atol, rtol=c.rtol, seed=c.seed, long_seq=c.long_seq,
+                        drift_steps=c.drift_steps, quick=c.quick) == CheckOptions()
+    assert CheckOptions().localize is False  # reserved for check --localize
+
+
+def test_backend_choices_are_the_runtimes_backends():
+    from lru_deploy.runtime import BACKENDS
+    assert cli.BACKEND_CHOICES == tuple(BACKENDS)
+    for name in ("run", "generate"):
+        action = next(a for a in _sub(name)._actions if "--backend" in a.option_strings)
+        assert tuple(action.choices) == tuple(BACKENDS)
+
+
+@pytest.mark.parametrize("options, problems", [
+    ("export", ["precision fp8 is unknown; valid precisions: fp32, fp16, bf16", "precision fp32 is given 2 times; "
+                "name each once", "--max-seq 16 is shorter than the scan's chunk 32: pass --max-seq >= 32, or a "
+                "--chunk at most 16", "--long-seq must be a positive integer (the long validation case's length), "
+                "got 0"]),
+    ("build", ["--opt-level must be 0..5, got 9", "--workspace must be a positive number of GiB, got nan",
+               "--device must be a CUDA device index >= 0, got -1"]),
+    ("check", ["--drift-steps must be a positive integer, got 0", "--atol must be a finite number >= 0, got inf",
+               "--seed must be an integer from 0 to 2^63-1, got -1"])])
+def test_options_list_every_problem(options, problems):
+    from lru_deploy.engines import BuildOptions
+    from lru_deploy.export import ExportOptions
+    from lru_deploy.parity import CheckOptions
+    made = {"export": lambda: ExportOptions(precisions="fp8,fp32,fp32", max_seq=16, long_seq=0),
+            "build": lambda: BuildOptions(opt_level=9, workspace_gib=float("nan"), device=-1),
+            "check": lambda: CheckOptions(drift_steps=0, atol=float("inf"), seed=-1)}[options]()
+    assert made.problems() == problems

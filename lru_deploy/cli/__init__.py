@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server", default=None, metavar="HOST:PORT[/MODEL]",
                    help="generate through a Triton server's HTTP port instead (model lru unless named; TARGET unused)")
     s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
-    s.add_argument("--temperature", type=float, default=0.8, help="a finite number >= 0; 0 = greedy (default 0.8)")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy, else a finite number >= 1e-6 (default 0.8)")
     s.add_argument("--top-k", type=int, default=40, help="0 = all tokens (default 40)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed, 0 to 2^63-1 (default 0)")
     s.set_defaults(func=cmd_generate)

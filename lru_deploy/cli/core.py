@@ -76,6 +76,8 @@ def cmd_run(args) -> int:
     return 0
 
 
+# Below this, logits / temperature overflows float64 for large logits and sampling is greedy in all but name.
+MIN_TEMPERATURE = 1e-6
 SEED_MAX = 2 ** 63 - 1  # numpy's and torch's generators both take any seed in [0, 2^63-1]
 
 
@@ -143,8 +145,9 @@ def cmd_generate(args) -> int:
     from ..runtime import open_session
     problems = [f"{flag} must be an integer >= 0, got {v}" for flag, v in
                 (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k)) if v < 0]
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        problems.append(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (math.isfinite(args.temperature) and (args.temperature == 0 or args.temperature >= MIN_TEMPERATURE)):
+        problems.append(f"--temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got "
+                        f"{args.temperature}")
     if not 0 <= args.seed <= SEED_MAX:
         problems.append(f"--seed must be an integer from 0 to 2^63-1, got {args.seed}")
     if problems:
