@@ -423,3 +423,16 @@ def test_options_list_every_problem(options, problems):
             "build": lambda: BuildOptions(opt_level=9, workspace_gib=float("nan"), device=-1),
             "check": lambda: CheckOptions(drift_steps=0, atol=float("inf"), seed=-1)}[options]()
     assert made.problems() == problems
+
+
+def test_readme_blocks_are_generated_from_the_parsers_and_the_config(tmp_path, capsys):
+    """README.md's command table and init config fields equal their renderings (regenerate with
+    `python -m lru_deploy.cli.readme --write README.md`), and the config example initialises."""
+    import re
+    from lru_deploy.cli import readme
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert readme.render_into(text) == text
+    example = re.search(r"for example\n\n```\n(.*?)\n```", readme.config_fields(), re.S).group(1)
+    (tmp_path / "c.json").write_text(example)
+    assert cli.main(["init", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "m")]) == 0
+    assert LRUConfig.from_dict(json.loads(example)) == LRUConfig()
