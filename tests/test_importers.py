@@ -153,8 +153,10 @@ def test_cli_default_out_dir_and_torch(tmp_path, capsys):
     assert out == tmp_path / "ckpt" / "state-lru-deploy" and (out / "config.json").exists()
     np.testing.assert_allclose(run(load_model(out), DLRU), np.load(DLRU / "expected.npy"), atol=ATOL, rtol=0)
     assert main(["import", "torch", str(src), "--format", "lru-reduction", "--overwrite"]) == 0
-    with pytest.raises(SystemExit):  # --format is required: a state dict does not say which port wrote it
-        main(["import", "torch", str(src)])
+    assert main(["import", "torch", str(src), "--overwrite"]) == 0  # the layout is detected from the keys
+    assert "(lru-reduction layout)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an unknown --format is argparse's error
+        main(["import", "torch", str(src), "--format", "dlru"])
 
 
 def test_cli_reports_problems_without_traceback(tmp_path, capsys):
@@ -334,8 +336,7 @@ def test_torch_every_problem_listed(tmp_path):
         assert piece in text, (piece, text)
 
 
-@pytest.mark.parametrize("key, why", [("blocks.0.ff.c_fc.weight", "feed-forward 'MLP'"),
-                                      ("blocks.1.lru.gamma", "applied without exp"),
+@pytest.mark.parametrize("key, why", [("blocks.1.lru.gamma", "applied without exp"),
                                       ("blocks.0.lru.B_re", "another PyTorch port")])
 def test_torch_refuses_other_meanings(tmp_path, key, why):
     sd = dlru_sd()
@@ -343,7 +344,9 @@ def test_torch_refuses_other_meanings(tmp_path, key, why):
     text = problems_of(import_lru_reduction, save_pt(tmp_path, sd))
     assert "not representable" in text and why in text and key in text and "unknown keys" not in text
     cfg_mlp = problems_of(import_lru_reduction, save_pt(tmp_path, {"model": dlru_sd(), "cfg": {"ff": "MLP"}}))
-    assert "cfg ff='MLP'" in cfg_mlp
+    assert "cfg says ff='MLP' but the weights hold the GLU feed-forward's keys" in cfg_mlp
+    cfg_other = problems_of(import_lru_reduction, save_pt(tmp_path, {"model": dlru_sd(), "cfg": {"ff": "SwiGLU"}}))
+    assert "not representable: cfg ff='SwiGLU'" in cfg_other
 
 
 def test_torch_variants_that_map(tmp_path):
