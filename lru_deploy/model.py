@@ -88,7 +88,8 @@ class LRUConfig:
     final_norm: bool = False  # a norm (kind `norm`) before the decoder, after pooling (lrnnx's norm_f)
     decoder: str = "linear"  # linear | tied (logits = x E^T with E the embedding table: lrnnx, LRURec) | none
     #                          (a bare layer: outputs are the last block's, d_output = d_model)
-    decoder_bias: bool = True  # the decoder's bias (lrnnx's tied lm_head has none, LRURec's scores have one)
+    decoder_bias: bool = True  # the decoder's bias (lrnnx's tied lm_head has none, LRURec's scores have one);
+    #                            without a decoder it is unused
 
     @property
     def tokens(self) -> bool:
@@ -149,8 +150,8 @@ class LRUConfig:
             if self.d_output != self.d_model:
                 out.append(f"decoder none outputs the residual stream: d_output must equal d_model "
                            f"({self.d_model}), got {self.d_output!r}")
-            if self.log_softmax or self.final_norm or not self.decoder_bias:
-                out.append("decoder none has no final_norm, no log_softmax and no decoder bias to drop")
+            if self.log_softmax or self.final_norm:
+                out.append("decoder none has no final_norm and no log_softmax (the outputs are the stream)")
         if self.norm == "none" and (self.embedding_norm or self.final_norm):
             out.append("embedding_norm and final_norm use the kind in `norm`, which is none")
         if self.encoder == "none" and not self.tokens and pos(self.d_input) and pos(self.d_model) \

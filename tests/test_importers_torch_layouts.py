@@ -232,3 +232,22 @@ def test_export_validates_lints_and_checks(name, tmp_path):
     except ImportError:
         report = check(out, quick=True, drift_steps=200)
     assert report["pass"], report["failures"]
+
+
+@pytest.mark.parametrize("over", [
+    dict(ff="mlp", d_ff=10, activation="silu", ff_sublayer=True, pooling="mean", norm="rms", embedding_norm=True),
+    dict(d_input=2, vocab_size=None, ff="glu", ff_sublayer=True, prenorm=False, norm="batch", final_norm=True,
+         lru_bias=True, pooling="last"),
+    dict(d_input=2, vocab_size=None, ff="mlp", d_ff=12, activation="relu", skip="identity", residual=False,
+         lru_bias=True, decoder_bias=False, log_softmax=True),
+], ids=["silu-sublayer-rms-mean", "glu-sublayer-batch-last", "relu-identity-nobias"])
+def test_other_option_combinations_export(tmp_path, over, lru):
+    """Combinations no fixture has (silu and relu MLPs, batch norm with a sublayer, mean pooling with rms):
+    validated against the float64 reference in every precision with the usual bounds, and linted."""
+    from lru_deploy.checkpoints import save_model
+    cfg = lru.small_config(**{"d_model": 8, "d_hidden": 6, **over})
+    model_dir = save_model(lru.make_model(cfg, seed=61), tmp_path / "model")
+    out = export(model_dir, tmp_path / "export", precisions=("fp32", "fp16", "bf16"), chunk=8, max_seq=64,
+                 long_seq=40)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["lint"]["ok"] and all(v["failures"] == 0 for v in manifest["validation"].values())

@@ -329,6 +329,8 @@ INVALID = {
     "d_model": 0, "d_hidden": -1, "n_layers": 1.5, "d_output": True, "vocab_size": "256",
     "norm": "group", "gelu": "fast", "skip": "none", "pooling": "max", "prenorm": 1, "log_softmax": "yes",
     "norm_eps": 0.0, "r_min": -0.1, "r_max": 1.5, "max_phase": 7.0, "dropout": 1.0,
+    "ff": "swiglu", "activation": "tanh", "encoder": "conv", "decoder": "shared", "residual": "no", "lru_bias": 1,
+    "ff_sublayer": None, "embedding_norm": "yes", "final_norm": 0, "decoder_bias": "none",
 }
 
 
@@ -382,3 +384,106 @@ def test_unknown_and_invalid_fields_listed_together():
 def test_model_refuses_invalid_config():
     with pytest.raises(ConfigError):
         LRUModel(LRUConfig(d_model=0))
+
+
+# ----------------------------------------------------------------------------- (f) the PyTorch ports' layouts
+# The block and network options the importers use (lru_deploy.importers.torch_layouts); their outputs against
+# each upstream's own code are in tests/test_importers_torch_layouts.py. Here: the identities every layout keeps.
+LAYOUT_VARIANTS = {
+    "bare layer": dict(d_input=3, d_model=4, d_output=4, n_layers=1, encoder="none", decoder="none", norm="none",
+                       ff="none", residual=False, skip="full"),
+    "lrnnx classifier": dict(d_input=3, norm="layer", prenorm=False, ff="none", pooling="last"),
+    "lrnnx lm": dict(norm="rms", ff="none", final_norm=True, decoder="tied", decoder_bias=False, d_output=13),
+    "lrurec": dict(norm="layer", prenorm=False, skip="identity", residual=False, lru_bias=True, ff="mlp", d_ff=12,
+                   ff_sublayer=True, embedding_norm=True, decoder="tied", d_output=13),
+    "sysid mlp": dict(d_input=3, ff="mlp", d_ff=24, skip="full"),
+    "pre sublayer, silu, mean": dict(ff="mlp", d_ff=10, activation="silu", ff_sublayer=True, pooling="mean",
+                                     norm="rms", embedding_norm=True),
+    "relu, glu sublayer, batch": dict(d_input=2, ff="glu", ff_sublayer=True, prenorm=False, norm="batch",
+                                      final_norm=True, lru_bias=True, activation="relu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_VARIANTS))
+def test_layout_variants_keep_the_identities(lru, name):
+    """sequential == parallel, step == forward at every position, and a split prefill == the whole one."""
+    cfg = lru.small_config(**LAYOUT_VARIANTS[name])
+    g = gold(lru.make_model(cfg, seed=51))
+    seq = 7
+    x = torch.from_numpy(lru.random_inputs(cfg, 2, seq, seed=12))
+    st0 = {k: torch.from_numpy(v).double() for k, v in lru.random_state(cfg, 2, seed=13).items()}
+    args = (st0["state"], st0.get("pool_sum"), st0.get("pool_count"))
+    with torch.no_grad():
+        par, seqn = g(x, *args, mode="parallel"), g(x, *args, mode="sequential")
+        assert_rel(par.outputs, seqn.outputs, 1e-12, "sequential vs parallel")
+        state, ps, pc = args
+        for t in range(seq):
+            s = g.step(x[:, t], state, ps, pc)
+            pre = g(x[:, :t + 1], *args, prefill_outputs="last")
+            assert_rel(s.outputs, pre.outputs, 1e-12, f"step output at {t}")
+            state, ps, pc = s.state, s.pool_sum, s.pool_count
+        assert_rel(state, par.state, 1e-12, "final state")
+        a = g(x[:, :3], *args)
+        b = g(x[:, 3:], a.state, a.pool_sum, a.pool_count)
+        joined = torch.cat([a.outputs, b.outputs], dim=1) if cfg.pooling == "none" else b.outputs
+        assert_rel(joined, par.outputs, 1e-12, "split prefill")
+    assert par.outputs.shape[-1] == cfg.d_output
+
+
+def test_layout_pieces_compute_what_they_say(lru):
+    """Tied decoder = x E^T (+ b), rms norm = torch's RMSNorm, identity skip adds the input, lru_bias drives the
+    state by exp(gamma_log) * (B u + b_B) and adds Re(b_C) to the output."""
+    cfg = lru.small_config(**LAYOUT_VARIANTS["lrurec"])
+    g = gold(lru.make_model(cfg, seed=52))
+    u = torch.randn(2, 5, cfg.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        E = g.embedding.weight
+        torch.testing.assert_close(g.decoder(u), u @ E.T + g.decoder.bias, atol=1e-12, rtol=0)
+        lru_ = g.layers[0].lru
+        h0 = torch.zeros(2, cfg.d_hidden, dtype=torch.complex128)
+        y, _ = lru_(u, h0, "sequential")
+        lam = torch.exp(torch.complex(-torch.exp(lru_.nu_log), torch.exp(lru_.theta_log)))
+        gam = torch.exp(lru_.gamma_log)
+        B, C = torch.complex(lru_.B_re, lru_.B_im), torch.complex(lru_.C_re, lru_.C_im)
+        bB = torch.complex(lru_.B_bias_re, lru_.B_bias_im)
+        h, want = h0, []
+        for t in range(5):
+            h = lam * h + gam * (u[:, t].to(B.dtype) @ B.T + bB)
+            want.append((h @ C.T).real + lru_.C_bias + u[:, t])
+        torch.testing.assert_close(y, torch.stack(want, 1), atol=1e-12, rtol=0)
+    rms = gold(lru.make_model(lru.small_config(**LAYOUT_VARIANTS["lrnnx lm"]), seed=53)).layers[0].norm
+    ref = torch.nn.RMSNorm(cfg.d_model, eps=rms.eps).double()
+    with torch.no_grad():
+        ref.weight.copy_(rms.weight)
+        torch.testing.assert_close(rms(u), ref(u), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("over, piece", [
+    (dict(ff="mlp"), "ff mlp needs d_ff"), (dict(d_ff=8), "d_ff is the mlp's width"),
+    (dict(ff="none", ff_sublayer=True), "ff_sublayer needs a feed-forward"),
+    (dict(encoder="none"), "encoder none is for continuous inputs"),
+    (dict(d_input=3, decoder="tied"), "decoder tied needs a token model"),
+    (dict(decoder="tied", d_output=5), "decoder tied needs a token model with d_output == vocab_size"),
+    (dict(decoder="none", d_output=5), "d_output must equal d_model"),
+    (dict(decoder="none", d_output=6, log_softmax=True), "decoder none has no final_norm"),
+    (dict(norm="none", final_norm=True), "embedding_norm and final_norm use the kind in `norm`"),
+    (dict(d_input=3, encoder="none"), "without an encoder layer 0 maps d_input 3 to d_model 6"),
+    (dict(d_input=3, encoder="none", residual=False, skip="identity"), "a full or no skip"),
+])
+def test_layout_config_problems(lru, over, piece):
+    base = dict(vocab_size=13, d_model=6, d_hidden=5, n_layers=2, d_output=7)
+    if over.get("d_input") is not None:
+        base["vocab_size"] = None
+    with pytest.raises(ConfigError) as ei:
+        LRUConfig(**{**base, **over}).validate()
+    assert any(piece in p for p in ei.value.problems), ei.value.render()
+
+
+def test_new_fields_default_to_the_old_meaning():
+    """A config.json written before these options existed reads as the same model (the bundled one's does)."""
+    old = {k: v for k, v in LRUConfig().to_dict().items()
+           if k not in ("ff", "d_ff", "activation", "ff_sublayer", "residual", "lru_bias", "encoder",
+                        "embedding_norm", "final_norm", "decoder", "decoder_bias")}
+    cfg = LRUConfig.from_dict(old)
+    assert (cfg.ff, cfg.ff_sublayer, cfg.residual, cfg.lru_bias, cfg.encoder, cfg.embedding_norm, cfg.final_norm,
+            cfg.decoder, cfg.decoder_bias) == ("glu", False, True, False, "linear", False, False, "linear", True)
