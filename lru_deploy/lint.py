@@ -559,8 +559,3 @@ def _manifest(root: Path, add) -> Optional[ExportManifest]:
     except LRUDeployError as e:
         add("manifest", MANIFEST, "; ".join([e.message] + e.problems) + " (contract not checked)")
         return None
-
-
-# ------------------------------------------------------------------ CLI
-
-

@@ -359,8 +359,3 @@ def import_lru_reduction(path: str | os.PathLike) -> LRUModel:
             if isinstance(cfg_in.get(theirs), (int, float)) and math.isfinite(cfg_in[theirs]):
                 cfg[ours] = float(cfg_in[theirs])
     return _finish(cfg, sd, problems, path, TORCH_HINT)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
