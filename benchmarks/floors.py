@@ -28,7 +28,7 @@ def _floor(model: LRUModel, graph: str, opset: int, meta: dict) -> onnx.ModelPro
     x = "input_ids" if cfg.tokens else "inputs"
     u = net.encode(x)
     if graph == "prefill":
-        u = g.op("Reshape", u, g.i64([-1, H]))
+        u = g.op("Reshape", u, g.i64([-1, net.width_in]))  # d_input wide for a model without an encoder
     finals = []
     for li in range(cfg.n_layers):
         state = g.op("Gather", "state", g.i64(li), axis=1)

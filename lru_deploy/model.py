@@ -51,14 +51,15 @@ DECODERS = ("linear", "tied", "none")
 
 @dataclass(frozen=True)
 class LRUConfig:
-    # Inputs: exactly one of vocab_size (token ids int64 [batch, seq]) or d_input (float32 [batch, seq, d_input]).
+        # Inputs: exactly one of vocab_size (token ids int64 [batch, seq]) or d_input (float32 [batch, seq, d_input]).
     vocab_size: Optional[int] = 256  # byte-level tokens: any text encodes, no tokenizer file to ship
     d_input: Optional[int] = None
     d_model: int = 128  # H: width of the residual stream; B is (N, H), C is (H, N)
     d_hidden: int = 128  # N: complex state per layer; the contract's state is [batch, n_layers, 2, N]
     n_layers: int = 4
     d_output: int = 256  # decoder width: logits over the 256 bytes for the default language model
-    norm: str = "layer"  # layer | batch | none; batch is an affine map at inference
+    norm: str = "layer"  # layer | rms (x / sqrt(mean(x^2) + eps) * weight: lrnnx's LM) | batch | none; batch is an
+        # affine map at inference
     prenorm: bool = True  # minimal-LRU default; older minimal-LRU checkpoints are always pre-norm
     norm_eps: float = 1e-5  # torch's default; Flax LayerNorm uses 1e-6 (the importer sets it)
     gelu: str = "exact"  # exact (erf) | tanh (Flax's nn.gelu default)
@@ -71,25 +72,23 @@ class LRUConfig:
     dropout: float = 0.0  # training only; inference ignores it
     # The block and network options below exist for PyTorch ports whose networks differ from minimal-LRU's
     # (lru_deploy.importers.torch_layouts names which port needs which); each default keeps the model above.
-    # norm "rms" (x / sqrt(mean(x^2) + eps) * weight, no bias): lrnnx's language model uses RMSNorm.
     ff: str = "glu"  # glu (GELU, then Linear(H, 2H) + GLU: minimal-LRU, lru-reduction) | mlp (Linear(H, d_ff),
-    #                  activation, Linear(d_ff, H): sysid-pytorch-lru ff='MLP', LRURec) | none (lrnnx's blocks)
+        # activation, Linear(d_ff, H): sysid-pytorch-lru ff='MLP', LRURec) | none (lrnnx's blocks)
     d_ff: Optional[int] = None  # the mlp's hidden width (4 * d_model in sysid-pytorch-lru and LRURec)
     activation: str = "gelu"  # the mlp's activation: gelu (of the kind in `gelu`) | relu | silu
     ff_sublayer: bool = False  # the feed-forward has its own residual and norm (norm2) after the LRU's, as in
-    #                            Transformer blocks (LRURec: x = LN(LRU(x)); x = LN2(x + W2 GELU(W1 x)))
+        # Transformer blocks (LRURec: x = LN(LRU(x)); x = LN2(x + W2 GELU(W1 x)))
     residual: bool = True  # u + block(u); false where the layer's own skip is the only path (LRURec's identity
-    #                        skip, a bare layer)
+        # skip, a bare layer)
     lru_bias: bool = False  # complex biases on the LRU's projections: x_k = lambda x_{k-1} + exp(gamma_log) *
-    #                         (B u_k + b_B), y_k = Re(C x_k + b_C) (LRURec's complex nn.Linear in_proj/out_proj)
+        # (B u_k + b_B), y_k = Re(C x_k + b_C) (LRURec's complex nn.Linear in_proj/out_proj)
     encoder: str = "linear"  # linear | none: continuous inputs enter layer 0 as they are (a bare layer, whose
-    #                          B then is (N, d_input))
+        # B then is (N, d_input))
     embedding_norm: bool = False  # a norm (kind `norm`) right after the embedding or encoder (LRURec)
     final_norm: bool = False  # a norm (kind `norm`) before the decoder, after pooling (lrnnx's norm_f)
     decoder: str = "linear"  # linear | tied (logits = x E^T with E the embedding table: lrnnx, LRURec) | none
-    #                          (a bare layer: outputs are the last block's, d_output = d_model)
-    decoder_bias: bool = True  # the decoder's bias (lrnnx's tied lm_head has none, LRURec's scores have one);
-    #                            without a decoder it is unused
+        # (a bare layer: outputs are the last block's, d_output = d_model)
+    decoder_bias: bool = True  # the decoder's bias (lrnnx's tied lm_head has none, LRURec's scores have one)
 
     @property
     def tokens(self) -> bool:
