@@ -80,7 +80,9 @@ def config_fields() -> str:
     comments, last = {}, None
     for line in inspect.getsource(LRUConfig).splitlines():
         m = re.match(r"\s+(\w+): [^=]+=[^#]*?(?:#\s*(.*))?$", line)
-        cont = re.match(r"\s{5,}#\s*(.*)$", line)  # indented past the fields: a continuation, not a new block
+        # a continuation: indented past the fields, or its text aligned under the comment above (`#   text`);
+        # a comment at the fields' indent with one space (`# The options below`) starts a new block
+        cont = re.match(r"(?:\s{5,}#\s*|\s+#\s{2,})(.*)$", line)
         if m:
             last = m.group(1) if m.group(2) else None
             if last:
