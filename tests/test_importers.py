@@ -314,7 +314,8 @@ class Scaler:  # stands in for the sklearn scalers lru-reduction's scripts pickl
 def test_torch_files_that_are_not_state_dicts(tmp_path):
     txt = tmp_path / "x.pt"
     txt.write_text("hello")
-    assert "weights_only=False" in problems_of(import_lru_reduction, txt)
+    text = problems_of(import_lru_reduction, txt)
+    assert "state_dict()" in text and "weights_only=False" not in text  # never the unsafe load
     pickled = save_pt(tmp_path, {"model": dlru_sd(), "scaler_u": Scaler()}, "pickled.pt")
     assert "sklearn scalers" in problems_of(import_lru_reduction, pickled)
     assert "not a state dict" in problems_of(import_lru_reduction, save_pt(tmp_path, {"a": 1, "b": "x"}))

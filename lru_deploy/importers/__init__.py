@@ -257,12 +257,11 @@ def _load_torch_state(path: Path) -> tuple[dict, Optional[dict]]:
         obj = load_weights_file(path)
     except CheckpointError as e:
         message = re.sub(r"\x1b\[[0-9;]*m", "", e.message)  # torch's message carries terminal bold codes
-        raise CheckpointError(message, "training scripts often pickle other objects beside the weights (lru-"
-                              "reduction and sysid-pytorch-lru: sklearn scalers and their config), which "
-                              "weights-only loading refuses: in the training environment run `ck = torch.load(p, "
-                              "weights_only=False); torch.save({'model': ck['model']}, 'state.pt')` (the key that "
-                              "holds the state dict) and import state.pt (apply any input/output scalers "
-                              "yourself)") from None
+        raise CheckpointError(message, "lru-deploy never unpickles objects other than tensors. If this is a "
+                              "training checkpoint that also pickles other objects (lru-reduction and "
+                              "sysid-pytorch-lru save sklearn scalers and their config), save only the weights "
+                              "from the training script that made it, `torch.save(model.state_dict(), "
+                              "'state.pt')`, and import state.pt (apply any input/output scalers yourself)") from None
     cfg = None
     wrapper = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
     if wrapper:  # {'model': sd, 'cfg': ...}, {'state_dict': sd, ...}, {'model_state_dict': sd, 'optimizer_...'}
