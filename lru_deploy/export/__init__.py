@@ -26,7 +26,7 @@ from ..model import LRUModel, gold
 from ..cases import shape_matrix
 from ..manifest import ExportManifest, tool_versions
 from .graphs import INTRA, build_prefill, build_step
-from .validate import validate_graphs
+from .validate import validation_entry
 
 log = logging.getLogger(__name__)
 # T = 32 measured faster than 64 on the CPU at batch 1 (1.38x vs 1.45x the projections floor at seq 4096),
@@ -140,6 +140,18 @@ def export_model(model_dir, out_dir=None, options: Optional[ExportOptions] = Non
     return out_dir
 
 
+def save_graphs(folder: Path, precision: str, graphs: dict) -> dict:
+    """Write folder/<precision>/<graph>.onnx for each graph; their manifest entries (path, sha256, nodes, bytes)."""
+    (folder / precision).mkdir()
+    entries = {}
+    for g, m in graphs.items():
+        path = folder / precision / f"{g}.onnx"
+        onnx.save(m, str(path))
+        entries[g] = {"path": f"{precision}/{g}.onnx", "sha256": file_sha256(path), "nodes": len(m.graph.node),
+                      "bytes": path.stat().st_size}
+    return entries
+
+
 def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, o: ExportOptions) -> ExportManifest:
     cfg = model64.cfg
     chunk, max_seq, opset, prefill_outputs, intra = o.chunk, o.max_seq, o.opset, o.prefill_outputs, o.intra
@@ -151,21 +163,13 @@ def _export_into(tmp: Path, model_dir: Path, model64: LRUModel, name: str, o: Ex
         t0 = time.perf_counter()
         graphs = {"prefill": build_prefill(model64, prec, chunk, max_seq, opset, prefill_outputs, intra),
                   "step": build_step(model64, prec, opset)}
-        (tmp / prec).mkdir()
-        graphs_meta[prec] = {}
-        for g, m in graphs.items():
-            path = tmp / prec / f"{g}.onnx"
-            onnx.save(m, str(path))
-            graphs_meta[prec][g] = {"path": f"{prec}/{g}.onnx", "sha256": file_sha256(path),
-                                    "nodes": len(m.graph.node), "bytes": path.stat().st_size}
+        graphs_meta[prec] = save_graphs(tmp, prec, graphs)
         log.info("[%d/%d] %s: graphs built (%d + %d nodes, %.1f s)%s", pi + 1, len(precisions), prec,
                  len(graphs["prefill"].graph.node), len(graphs["step"].graph.node), time.perf_counter() - t0,
                  "; validating against the float64 reference" if validate else "")
         if validate:
-            p, records, mode = validate_graphs(model64, graphs, prec, cases, prefill_outputs)
+            p, validation[prec] = validation_entry(model64, graphs, prec, cases, prefill_outputs)
             problems += p
-            validation[prec] = {"mode": mode, "bound_rel_l2": contract.TOLERANCES[prec]["rel_l2"],
-                                "cases": len(cases), "failures": len(p), "records": records}
     if problems:
         raise ExportError(f"export validation failed ({len(problems)} failure(s)); nothing was written:",
                           "the graphs disagree with the reference beyond the tolerance; a model whose weights are "

@@ -81,3 +81,11 @@ def validate_graphs(model64: LRUModel, graphs: dict, precision: str, cases: list
         log.info("  [%d/%d] %-28s worst rel L2 %.1e %s (%.1f s)", i + 1, len(cases), label, worst,
                  "ok" if not p else "FAIL", time.perf_counter() - t0)
     return problems, records, mode
+
+
+def validation_entry(model64, graphs: dict, precision: str, cases: list[Case], prefill_outputs: str
+                     ) -> tuple[list, dict]:
+    """validate_graphs, and the manifest's `validation` entry of the precision: (problems, entry)."""
+    problems, records, mode = validate_graphs(model64, graphs, precision, cases, prefill_outputs)
+    return problems, {"mode": mode, "bound_rel_l2": contract.TOLERANCES[precision]["rel_l2"], "cases": len(cases),
+                      "failures": len(problems), "records": records}

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import onnx
 import torch
 from torch import nn
 
@@ -35,10 +34,12 @@ from ... import contract
 from ...cases import rel_l2, shape_matrix
 from ...contract import ModuleConfig
 from ...errors import ExportError
-from ...files import file_sha256, staged_dir
+from ...files import staged_dir
 from ...manifest import ExportManifest, tool_versions
 from ...nn import LRU, _recognise, lru_layers, pool_layers
+from .. import save_graphs
 from ..scan import LRUWeights
+from ..validate import validation_entry
 from .mixing import find_mixing
 from .onnx_graphs import build, trace
 from .reference import ModuleReference, Stateful
@@ -87,21 +88,12 @@ def export_module(model: nn.Module, example_inputs, out_dir, precision=("fp32", 
             t0 = time.perf_counter()
             graphs = {g: build(src, g, prec, cfg, weights, pool_dim, chunk, max_seq, opset, name)
                       for g in contract.GRAPHS}
-            (tmp / prec).mkdir()
-            graphs_meta[prec] = {}
-            for g, m in graphs.items():
-                path = tmp / prec / f"{g}.onnx"
-                onnx.save(m, str(path))
-                graphs_meta[prec][g] = {"path": f"{prec}/{g}.onnx", "sha256": file_sha256(path),
-                                        "nodes": len(m.graph.node), "bytes": path.stat().st_size}
+            graphs_meta[prec] = save_graphs(tmp, prec, graphs)
             log.info("[%d/%d] %s: graphs built (%d + %d nodes, %.1f s)", pi + 1, len(precisions), prec,
                      len(graphs["prefill"].graph.node), len(graphs["step"].graph.node), time.perf_counter() - t0)
             if validate:
-                from ..validate import validate_graphs
-                p, records, mode = validate_graphs(ref, graphs, prec, cases, "all")
+                p, validation[prec] = validation_entry(ref, graphs, prec, cases, "all")
                 problems += p
-                validation[prec] = {"mode": mode, "bound_rel_l2": contract.TOLERANCES[prec]["rel_l2"],
-                                    "cases": len(cases), "failures": len(p), "records": records}
         example64 = _example(cfg, x64, torch.float64)
         entries = ref.save(tmp, example64)
         problems += _check_programs(tmp, entries, ref, cfg, chunk)
